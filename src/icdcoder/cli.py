@@ -1,0 +1,290 @@
+"""The ``icdcoder`` command line. Thin: it parses options, calls the package, and prints with rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from icdcoder.errors import IcdcoderError
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(help="Automated ICD coding: data, ontology, coders and one evaluation protocol.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Prepare, generate and inspect datasets.", no_args_is_help=True)
+prepare_app = typer.Typer(help="Turn a source into DIR/{train,val,test}.jsonl (or .parquet) plus manifest.json.",
+                          no_args_is_help=True)
+ontology_app = typer.Typer(help="Look codes up in the ICD ontology (ICD-10-CM/PCS, ICD-9-CM dx/proc).",
+                           no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.add_typer(prepare_app, name="prepare")
+app.add_typer(ontology_app, name="ontology")
+
+
+class Fmt(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+OutOpt = typer.Option(..., "--out", "-o", help="Output folder; created atomically (replaced only if icdcoder wrote it).")
+FmtOpt = typer.Option(Fmt.jsonl, "--format", help="jsonl (interchange, human-readable) or parquet (large data).")
+StrictOpt = typer.Option(False, "--strict", help="Make malformed or unknown codes errors instead of counted warnings.")
+CheckOpt = typer.Option(True, "--check-codes/--no-check-codes",
+                        help="Check every code against the ontology (unknown codes are counted, or errors with --strict).")
+
+
+def _progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
+    """Wrap a stream of items with a rich progress display on stderr (a counter when the total is unknown)."""
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+    columns += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed:,} notes")]
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def _write(items: Iterable, out_dir: Path, *, name: str, source: str, fmt: Fmt, options: dict[str, Any],
+           resolver: Any) -> None:
+    from icdcoder.data.store import write_dataset
+
+    start = time.perf_counter()
+    manifest = write_dataset(_progress(items, f"preparing {name}"), out_dir, name=name, source=source,
+                             fmt=fmt.value, options=options, resolver=resolver)
+    table = Table(title=f"{name} -> {out_dir}  ({time.perf_counter() - start:.1f} s)")
+    for col in ("split", "notes", "labels", "codes", "file"):
+        table.add_column(col, justify="right" if col in ("notes", "labels", "codes") else "left")
+    for split, info in manifest["splits"].items():
+        table.add_row(split, f"{info['n_notes']:,}", f"{info['n_labels']:,}", f"{info['n_codes']:,}", info["file"])
+    out.print(table)
+    for kind, w in manifest["warnings"].items():
+        ex = ", ".join(w.get("examples", []))
+        console.print(f"[yellow]warning[/]: {w['count']:,} x {kind}" + (f" (e.g. {ex})" if ex else ""))
+
+
+def _resolver(strict: bool, check: bool):
+    from icdcoder.data.codecheck import CodeResolver
+
+    return CodeResolver(strict=strict, check_ontology=check)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class Lang(str, Enum):
+    en = "en"
+    es = "es"
+
+
+class Kind(str, Enum):
+    diagnoses = "diagnoses"
+    procedures = "procedures"
+    both = "both"
+
+
+@prepare_app.command("codiesp")
+def prepare_codiesp(
+    root: Path = typer.Option(..., "--root", help="CodiEsp folder holding train/, dev/ (and test/ if present)."),
+    lang: Lang = typer.Option(Lang.en, "--lang", help="es: original Spanish (evidence spans kept); en: machine-translated English."),
+    kind: Kind = typer.Option(Kind.diagnoses, "--kind", help="Which codes: diagnoses (ICD-10-CM), procedures (ICD-10-PCS) or both."),
+    out_dir: Path = OutOpt, fmt: Fmt = FmtOpt, strict: bool = StrictOpt, check: bool = CheckOpt,
+) -> None:
+    """CodiEsp (CLEF eHealth 2020) from its distribution layout; dev becomes val."""
+    from icdcoder.data.codiesp import iter_codiesp
+
+    resolver = _resolver(strict, check)
+    items = iter_codiesp(root, lang=lang.value, kind=kind.value, resolver=resolver)
+    _write(items, out_dir, name=f"codiesp-{lang.value}-{kind.value}", source="codiesp", fmt=fmt,
+           options={"root": str(root), "lang": lang.value, "kind": kind.value}, resolver=resolver)
+
+
+def _prepare_user_file(path: Path, split: str, split_field: Optional[str], id_field: str, text_field: str,
+                       codes_field: str, system: Optional[str], codes_sep: str, out_dir: Path, fmt: Fmt,
+                       strict: bool, check: bool, source: str) -> None:
+    from icdcoder.data.userfile import iter_user_notes
+
+    resolver = _resolver(strict, check)
+    items = iter_user_notes(path, split=split, split_field=split_field, id_field=id_field, text_field=text_field,
+                            codes_field=codes_field, system=system, codes_sep=codes_sep, resolver=resolver)
+    _write(items, out_dir, name=path.stem, source=source, fmt=fmt, resolver=resolver,
+           options={"path": str(path), "split": split, "split_field": split_field, "system": system})
+
+
+def _user_file_command(source: str, help_text: str):
+    def command(
+        path: Path = typer.Option(..., "--path", help=f"The {source.upper()} file, one note per line/row."),
+        split: str = typer.Option("test", "--split", help="Split every note goes to (train, val/dev, test)."),
+        split_field: Optional[str] = typer.Option(None, "--split-field", help="Take each note's split from this field instead."),
+        id_field: str = typer.Option("id", "--id-field", help="Field holding the note id."),
+        text_field: str = typer.Option("text", "--text-field", help="Field holding the note text."),
+        codes_field: str = typer.Option("codes", "--codes-field", help="Field holding the codes (a list, or a string split on --codes-sep)."),
+        system: Optional[str] = typer.Option(None, "--system", help="Code system of every code (icd10cm, icd10pcs, icd9cm, icd9pcs); inferred from each code's shape when absent."),
+        codes_sep: str = typer.Option(";", "--codes-sep", help="Separator when codes come as one string."),
+        out_dir: Path = OutOpt, fmt: Fmt = FmtOpt, strict: bool = StrictOpt, check: bool = CheckOpt,
+    ) -> None:
+        _prepare_user_file(path, split, split_field, id_field, text_field, codes_field, system, codes_sep,
+                           out_dir, fmt, strict, check, source)
+
+    command.__doc__ = help_text
+    return command
+
+
+prepare_app.command("jsonl")(_user_file_command("jsonl", "Your own notes as JSONL: {id, text, codes, ...} per line."))
+prepare_app.command("csv")(_user_file_command("csv", "Your own notes as CSV with a header row (id, text, codes columns)."))
+
+
+@data_app.command("synth")
+def synth(
+    out_dir: Path = OutOpt,
+    seed: int = typer.Option(13, "--seed", help="Same seed, same corpus (byte for byte)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Training notes (default: the corpus default)."),
+    n_val: Optional[int] = typer.Option(None, "--n-val", help="Validation notes."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help="Test notes."),
+    fmt: Fmt = FmtOpt,
+) -> None:
+    """Generate the built-in synthetic corpus (the embedded default; needs no credentials)."""
+    from icdcoder.data.synth import SynthConfig, generate_synthetic
+
+    sizes = {k: v for k, v in {"n_train": n_train, "n_val": n_val, "n_test": n_test}.items() if v is not None}
+    cfg = SynthConfig(seed=seed, **sizes)
+    _write(generate_synthetic(cfg), out_dir, name=f"synthetic-seed{seed}", source="synthetic", fmt=fmt,
+           options=_config_dict(cfg), resolver=None)
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump(mode="json")
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+@data_app.command("stats")
+def stats(
+    data_dir: Path = typer.Argument(..., help="A prepared dataset folder (with manifest.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    top: int = typer.Option(10, "--top", help="How many of the most frequent training codes to list."),
+) -> None:
+    """Notes, labels, codes, text lengths and code-frequency buckets of each split."""
+    from icdcoder.data.stats import dataset_stats
+
+    s = dataset_stats(data_dir, top=top)
+    if as_json:
+        out.print_json(json.dumps(s))
+        return
+    print_stats(s)
+
+
+def print_stats(s: dict[str, Any]) -> None:
+    t = Table(title=f"{s['name']}  ({s['source']}, {s['format']}, hash {str(s['content_hash'])[:12]})")
+    cols = ["notes", "labels", "codes", "labels_per_note", "chars_mean", "chars_max", "spans"]
+    t.add_column("split")
+    for c in cols:
+        t.add_column(c.replace("_", " "), justify="right")
+    for split, v in s["splits"].items():
+        t.add_row(split, *[f"{v[c]:,}" if isinstance(v[c], int) else str(v[c]) for c in cols])
+    out.print(t)
+    b = Table(title="labels by training frequency of their code")
+    b.add_column("split")
+    names = list(next(iter(s["labels_by_train_frequency"].values())).keys()) if s["labels_by_train_frequency"] else []
+    for n in names:
+        b.add_column(n, justify="right")
+    for split, v in s["labels_by_train_frequency"].items():
+        b.add_row(split, *[f"{v[n]:,}" for n in names])
+    out.print(b)
+    out.print(f"{s['codes_total']:,} distinct codes, {s['codes_not_in_train']:,} never in train")
+    if s["top_codes"]:
+        out.print("most frequent in train: " + ", ".join(f"{c} ({n})" for c, n in s["top_codes"]))
+    for kind, w in s["warnings"].items():
+        out.print(f"[yellow]warning[/]: {w['count']:,} x {kind}")
+
+
+# ------------------------------------------------------------------------------------------- ontology
+@ontology_app.command("lookup")
+def ontology_lookup(
+    code: str = typer.Argument(..., help="A code in any spelling: E11.9, e119, 428.0, 4280, 0DTJ4ZZ, 38.93."),
+    system: Optional[str] = typer.Option(None, "--system", help="icd10cm, icd10pcs, icd9cm or icd9pcs; inferred from the code's shape when absent."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Description, hierarchy, billable flag, inclusion and Excludes1 notes, and GEM mappings of a code."""
+    from icdcoder.codes import CodeSystem, infer_system, parse_system
+    from icdcoder.ontology import get_ontology
+
+    ont = get_ontology()
+    info = ont.lookup(code, system)
+    if info is None:
+        raise IcdcoderError(f"code {code!r} not found" + (f" in {system}" if system else
+                            f" (read as {infer_system(code).value}; pass --system to choose)"))
+    d = info.to_dict()
+    sys_ = parse_system(info.system)
+    try:
+        maps = ont.map_9_to_10(info.code, sys_) if sys_.version == 9 else ont.map_10_to_9(info.code, sys_)
+        d["gem"] = [m.to_dict() if hasattr(m, "to_dict") else dict(m._asdict()) for m in maps]
+    except IcdcoderError as e:
+        d["gem"] = str(e)
+    if as_json:
+        out.print_json(json.dumps(d, default=str))
+        return
+    t = Table(show_header=False, title=f"{d['code']}  ({CodeSystem(sys_).value})")
+    t.add_column(style="bold")
+    t.add_column()
+    for key, value in d.items():
+        if value in (None, [], "", ()):
+            continue
+        if key == "gem" and isinstance(value, list):
+            value = "; ".join(f"{m.get('target') or '(no map)'}" + (" ~" if m.get("approximate") else "") for m in value)
+        elif isinstance(value, (list, tuple)):
+            value = "\n".join(map(str, value))
+        t.add_row(key.replace("_", " "), str(value))
+    out.print(t)
+
+
+@ontology_app.command("search")
+def ontology_search(
+    text: str = typer.Argument(..., help="Words to find in code descriptions, e.g. 'heart failure'."),
+    system: Optional[str] = typer.Option(None, "--system", help="Limit to one system."),
+    limit: int = typer.Option(20, "--limit", help="At most this many results."),
+) -> None:
+    """Find codes whose description (or inclusion terms) contain the words."""
+    from icdcoder.ontology import get_ontology
+
+    t = Table("code", "system", "billable", "description")
+    for info in get_ontology().search(text, system=system, limit=limit):
+        t.add_row(info.code, str(getattr(info.system, "value", info.system)), "yes" if info.billable else "", info.description)
+    out.print(t)
+
+
+# ------------------------------------------------------------------------------------------------ demo
+@app.command("demo")
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
+    seed: int = typer.Option(13, "--seed", help="Seed of the synthetic corpus."),
+) -> None:
+    """The main job on the embedded default: prepare the synthetic corpus and print its statistics."""
+    from icdcoder.data.stats import dataset_stats
+
+    data_dir = out_dir / "data"
+    synth(out_dir=data_dir, seed=seed, n_train=None, n_val=None, n_test=None, fmt=Fmt.jsonl)
+    print_stats(dataset_stats(data_dir))
+
+
+def main() -> None:
+    """Entry point: errors icdcoder raises on purpose are printed plainly, without a traceback."""
+    try:
+        app()
+    except IcdcoderError as e:
+        console.print(f"[bold red]error[/]: {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from icdcoder.codes import CodeFormatError, CodeSystem, infer_system, normalize_
     # ICD-10-CM: dot after 3 characters, 7th characters kept
     ("I509", "icd10cm", "I50.9"), ("i50.9", "icd10cm", "I50.9"), ("I10", "icd10cm", "I10"),
     ("s72001a", "icd10cm", "S72.001A"), ("C4A.111", "icd10cm", "C4A.111"), ("n44.8", "icd10cm", "N44.8"),
+    ("qa00", "icd10cm", "QA0.0"),
     # ICD-10-PCS: no dot; CodiEsp's 4-character prefixes kept as partial codes
     ("0dtj4zz", "icd10pcs", "0DTJ4ZZ"), ("0DTJ4ZZ", "icd10pcs", "0DTJ4ZZ"), ("0D.TJ4ZZ", "icd10pcs", "0DTJ4ZZ"),
     ("bw03zzz", "icd10pcs", "BW03ZZZ"), ("0ttb", "icd10pcs", "0TTB"),

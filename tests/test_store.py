@@ -114,3 +114,20 @@ def test_writer_warnings_and_stats(tmp_path):
     assert s["labels_by_train_frequency"]["test"] == {"unseen": 1, "1-10": 0, "11-100": 1, ">100": 0}
     assert s["codes_not_in_train"] == 1 and s["top_codes"] == [("I10", 12)]
     assert [bucket_of(n) for n in (0, 1, 10, 11, 100, 101)] == ["unseen", "1-10", "1-10", "11-100", "11-100", ">100"]
+
+
+def test_resplit_by_time_and_by_patient(tmp_path):
+    from icdcoder.data.resplit import resplit
+
+    notes = [("train", _note(i, admission_time=f"2020-01-{i + 1:02d}", patient_id=f"p{i // 2}")) for i in range(20)]
+    write_dataset(notes, tmp_path / "src", name="s", source="test")
+    m = resplit(tmp_path / "src", tmp_path / "time", method="time", ratios=(0.5, 0.25, 0.25))
+    ds = load_dataset(tmp_path / "time")
+    assert {k: v["n_notes"] for k, v in m["splits"].items()} == {"train": 10, "val": 5, "test": 5}
+    assert max(n.admission_time for n in ds["train"]) < min(n.admission_time for n in ds["val"])
+    assert max(n.admission_time for n in ds["val"]) < min(n.admission_time for n in ds["test"])
+    resplit(tmp_path / "src", tmp_path / "strat", method="stratified", ratios=(0.6, 0.2, 0.2), seed=1)
+    ds = load_dataset(tmp_path / "strat")
+    patients = {s: {n.patient_id for n in ds[s]} for s in ds.splits}
+    assert sum(len(p) for p in patients.values()) == 10  # every patient in exactly one split
+    assert sum(len(v) for v in ds.splits.values()) == 20

@@ -168,6 +168,31 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
+class SplitMethod(str, Enum):
+    stratified = "stratified"
+    time = "time"
+
+
+@data_app.command("split")
+def split(
+    src_dir: Path = typer.Argument(..., help="A prepared dataset folder; all its splits are pooled."),
+    method: SplitMethod = typer.Option(..., "--method", help="stratified: patient-level multi-label iterative stratification (no patient in two splits); time: oldest admissions to train, newest to test."),
+    ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,val,test proportions."),
+    seed: int = typer.Option(13, "--seed", help="Seed of the stratified split."),
+    out_dir: Path = OutOpt,
+) -> None:
+    """Re-split a prepared dataset with our own splits (when it has no standard split, or to compare)."""
+    from icdcoder.data.resplit import resplit
+
+    try:
+        parts = tuple(float(x) for x in ratios.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--ratios must be three numbers like 0.8,0.1,0.1, got {ratios!r}") from None
+    manifest = resplit(src_dir, out_dir, method=method.value, ratios=parts, seed=seed)
+    for name, info in manifest["splits"].items():
+        out.print(f"{name}: {info['n_notes']:,} notes, {info['n_codes']:,} codes")
+
+
 @data_app.command("stats")
 def stats(
     data_dir: Path = typer.Argument(..., help="A prepared dataset folder (with manifest.json)."),

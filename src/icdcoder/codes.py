@@ -72,7 +72,7 @@ class Code(NamedTuple):
 
 _ICD9_DX = re.compile(r"^(?:(\d{3})(\d{0,2})|(V\d{2})(\d{0,2})|(E\d{3})(\d?))$")
 _ICD9_PX = re.compile(r"^(\d{2})(\d{0,2})$")
-_ICD10_CM = re.compile(r"^([A-Z]\d[0-9A-Z])([0-9A-Z]{0,4})$")
+_ICD10_CM = re.compile(r"^([A-Z](?:\d[0-9A-Z]|A\d))([0-9A-Z]{0,4})$")  # QA0 (2026) has a letter second
 _ICD10_PCS = re.compile(r"^[0-9A-HJ-NP-Z]{3,7}$")  # PCS never uses I or O; <7 chars = partial code
 
 

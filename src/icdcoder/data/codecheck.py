@@ -1,6 +1,6 @@
 """Code checking shared by every loader: normalise, then count (or, with ``strict``, refuse) bad codes.
 
-Malformed codes are dropped; well-formed codes the ontology does not know are kept (a source may use
+Malformed codes are dropped; ICD-10-PCS prefixes (3-6 characters) are kept and counted apart; well-formed codes the ontology does not know are kept (a source may use
 an older or newer release than the packaged one) and counted. ``strict=True`` makes both errors
 that name the file, line and field.
 """
@@ -50,7 +50,9 @@ class CodeResolver:
                 raise DataError(str(e), path=path, line=line, field=field) from None
             self.count(f"malformed_{system.value}_code", str(raw))
             return None
-        if self.check_ontology and not self.known(code, system):
+        if system is CodeSystem.ICD10PCS and len(code) < 7:
+            self.count("partial_icd10pcs_code", code)  # a prefix (CodiEsp's convention): kept, never "unknown"
+        elif self.check_ontology and not self.known(code, system):
             if self.strict:
                 raise DataError(f"unknown {system.value} code {code!r} (not in the ontology)",
                                 path=path, line=line, field=field)

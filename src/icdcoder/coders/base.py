@@ -1,0 +1,83 @@
+"""The coder interface: every coder, discriminative or generative, is fit, predicts, saves and loads
+the same way (scikit-learn's estimator style), so the evaluation protocol never needs to know which."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from icdcoder.data.note import Note
+from icdcoder.errors import IcdcoderError
+from icdcoder.io import atomic_dir, write_json
+from icdcoder.prediction import Prediction
+
+CODER_FILE = "coder.json"
+_REGISTRY: dict[str, type["Coder"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a coder loadable by name from configs and saved folders."""
+    def wrap(cls: type["Coder"]) -> type["Coder"]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def coder_class(name: str) -> type["Coder"]:
+    if name not in _REGISTRY:
+        raise IcdcoderError(f"unknown coder {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+class Coder(ABC):
+    """Subclasses implement ``fit``, ``predict``, ``_save_state`` and ``_load_state``.
+
+    ``threshold`` is the decision threshold tuned on validation (a code is predicted when its score
+    is at or above it); it is saved with the model. ``params`` are the constructor arguments, saved
+    so that ``load`` rebuilds the same coder.
+    """
+
+    name: ClassVar[str] = "coder"
+    scored: ClassVar[bool] = True  # False for coders that only output code sets (scores all 1.0)
+
+    def __init__(self, **params: Any):
+        self.params = params
+        self.threshold: float = 0.5
+        self.per_code_thresholds: dict[str, float] = {}
+
+    @abstractmethod
+    def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "Coder": ...
+
+    @abstractmethod
+    def predict(self, notes: Sequence[Note]) -> list[Prediction]: ...
+
+    @abstractmethod
+    def _save_state(self, folder: Path) -> None: ...
+
+    @abstractmethod
+    def _load_state(self, folder: Path) -> None: ...
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the coder to ``folder`` atomically: ``coder.json`` (name, params, thresholds) plus state."""
+        with atomic_dir(folder, marker=CODER_FILE) as stage:
+            self._save_state(stage)
+            write_json(stage / CODER_FILE, {"coder": self.name, "params": self.params, "threshold": self.threshold,
+                                            "per_code_thresholds": self.per_code_thresholds})
+        return Path(folder)
+
+    @staticmethod
+    def load(folder: str | Path) -> "Coder":
+        """Rebuild any saved coder; the class comes from ``coder.json``."""
+        folder = Path(folder)
+        meta_path = folder / CODER_FILE
+        if not meta_path.exists():
+            raise IcdcoderError(f"{folder} holds no saved coder ({CODER_FILE} missing)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        coder = coder_class(meta["coder"])(**meta.get("params", {}))
+        coder.threshold = float(meta.get("threshold", 0.5))
+        coder.per_code_thresholds = {k: float(v) for k, v in meta.get("per_code_thresholds", {}).items()}
+        coder._load_state(folder)
+        return coder

@@ -116,6 +116,12 @@ def first_error(e: ValidationError) -> tuple[str, str]:
 SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val"}
 
 
+def split_order(name: str) -> tuple[int, str]:
+    """Sort key that puts train, val, test first, in that order, then any other split by name."""
+    order = {"train": 0, "val": 1, "test": 2}
+    return order.get(name, 3), name
+
+
 def canonical_split(name: str) -> str:
     """``dev``/``valid``/``validation`` are all called ``val`` inside icdcoder."""
     return SPLIT_ALIASES.get(name.lower(), name.lower())

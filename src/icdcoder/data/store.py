@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from icdcoder import __version__
 from icdcoder.data.codecheck import CodeResolver
-from icdcoder.data.note import Dataset, Note, canonical_split, first_error
+from icdcoder.data.note import Dataset, Note, canonical_split, first_error, split_order
 from icdcoder.errors import DataError
 from icdcoder.io import atomic_dir, file_sha256, iter_jsonl, write_json
 
@@ -148,7 +148,7 @@ class DatasetWriter:
     def _manifest(self) -> dict[str, Any]:
         splits = {}
         h = hashlib.sha256()
-        for split in sorted(self._sinks):
+        for split in sorted(self._sinks, key=split_order):
             fname = f"{split}.{self.fmt}"
             digest = file_sha256(self._stage / fname)
             h.update(f"{fname}:{digest}\n".encode())
@@ -165,7 +165,7 @@ class DatasetWriter:
             "splits": splits, "n_codes": len(total),
             "code_systems": dict(sorted(Counter(self.code_systems.values()).items())),
             "warnings": self._warnings(),
-            "code_frequencies": {s: dict(f.most_common()) for s, f in sorted(self.code_freq.items())},
+            "code_frequencies": {s: dict(self.code_freq[s].most_common()) for s in sorted(self.code_freq, key=split_order)},
             "code_system_of": dict(sorted(self.code_systems.items())),
         }
 

@@ -288,6 +288,108 @@ def ontology_search(
     out.print(t)
 
 
+# ------------------------------------------------------------------------------- train / evaluate
+@app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="One experiment's YAML: data, coder (name + params), seed, output folder."),
+    force: bool = typer.Option(False, "--force", help="Fit again even if the output folder holds a fitted coder."),
+) -> None:
+    """Fit a coder from one config, tune its threshold on val, predict and evaluate val and test."""
+    from icdcoder.experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig.from_yaml(config)
+    result = run_experiment(cfg, force=force, log=lambda m: console.print(f"[cyan]{m}[/]"))
+    if result["metrics"]:
+        print_metrics({cfg.name: result["metrics"]})
+    out.print(f"run folder: {cfg.output}")
+
+
+@app.command("predict")
+def predict(
+    model: Path = typer.Option(..., "--model", help="A saved coder folder (a run's model/)."),
+    data: Path = typer.Option(..., "--data", help="A prepared dataset folder."),
+    split: str = typer.Option("test", "--split", help="Which split to code."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL to write (atomically)."),
+) -> None:
+    """Code every note of a split with a saved coder; writes the threshold beside the predictions."""
+    from icdcoder.coders import Coder
+    from icdcoder.data.store import load_dataset
+    from icdcoder.io import write_json
+    from icdcoder.prediction import write_predictions
+
+    coder = Coder.load(model)
+    notes = load_dataset(data, [split])[split]
+    start = time.perf_counter()
+    preds = coder.predict(list(_progress(notes, f"coding {split}", total=len(notes))))
+    write_predictions(preds, out_path)
+    write_json(out_path.parent / "threshold.json", {"threshold": coder.threshold,
+                                                   "per_code_thresholds": coder.per_code_thresholds})
+    out.print(f"{len(preds):,} notes in {time.perf_counter() - start:.1f} s -> {out_path}")
+
+
+class CodesScope(str, Enum):
+    all = "all"
+    seen = "seen"
+
+
+@app.command("evaluate")
+def evaluate(
+    gold: Path = typer.Option(..., "--gold", help="The prepared dataset folder the predictions are for."),
+    split: str = typer.Option("test", "--split", help="Which split of it."),
+    pred: Path = typer.Option(..., "--pred", help="Predictions JSONL ({id, codes: [{code, score, evidence}]} per line)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the threshold stored beside the predictions (threshold.json / coder.json); 0.5 when none is stored."),
+    codes: CodesScope = typer.Option(CodesScope.all, "--codes", help="all: every code of the label space; seen: only codes seen in training."),
+    analysis: bool = typer.Option(False, "--analysis", help="Add the error analysis (per-code table, missed, spurious, near misses)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+) -> None:
+    """Score a predictions file under the one protocol (micro/macro F1, AUC, AUPRC, P@k, R@k, MAP, ...)."""
+    from icdcoder.evaluation import evaluate_files
+    from icdcoder.io import write_json
+
+    m = evaluate_files(gold, split, pred, threshold=threshold, codes=codes.value, analysis=analysis)
+    print_metrics({pred.name: m})
+    if m.get("by_bucket"):
+        t = Table("bucket (train freq.)", "codes", "micro F1", "macro F1", title="by code frequency in training")
+        for name, b in m["by_bucket"].items():
+            t.add_row(name, f"{b.get('n_codes', 0):,}", _num(b.get("micro_f1")), _num(b.get("macro_f1")))
+        out.print(t)
+    if json_out:
+        write_json(json_out, m)
+        out.print(f"metrics -> {json_out}")
+
+
+@app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.json and predictions.jsonl)."),
+    out_dir: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Folder for report.md and report.html."),
+    resamples: int = typer.Option(1000, "--resamples", help="Paired bootstrap resamples of notes."),
+) -> None:
+    """Report (Markdown + self-contained HTML with plots) comparing coders on the same split."""
+    from icdcoder.evaluation import compare_runs
+
+    compare_runs(runs, out_dir, n_resamples=resamples)
+    out.print(f"report -> {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+METRIC_COLUMNS = ("micro_f1", "macro_f1", "micro_precision", "micro_recall", "micro_auc", "macro_auc", "micro_auprc",
+                  "p@8", "r@8", "r_precision", "map", "exact_match")
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def print_metrics(runs: dict[str, dict[str, Any]]) -> None:
+    """One row per metric, one column per run (fits a terminal however many metrics there are)."""
+    t = Table(title="metrics")
+    t.add_column("metric")
+    for name in runs:
+        t.add_column(name, justify="right")
+    for c in METRIC_COLUMNS:
+        t.add_row(c.replace("_", " "), *[_num(m.get(c)) for m in runs.values()])
+    out.print(t)
+
+
 # ------------------------------------------------------------------------------------------------ demo
 @app.command("demo")
 def demo(

@@ -3,6 +3,7 @@ the same way (scikit-learn's estimator style), so the evaluation protocol never 
 
 from __future__ import annotations
 
+import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -15,6 +16,8 @@ from icdcoder.prediction import Prediction
 
 CODER_FILE = "coder.json"
 _REGISTRY: dict[str, type["Coder"]] = {}
+# Where each built-in coder lives, imported on first use so `import icdcoder` never pulls torch in.
+BUILTIN = {"tfidf": "icdcoder.coders.tfidf", "plm_icd": "icdcoder.coders.plm_icd"}
 
 
 def register(name: str):
@@ -27,8 +30,10 @@ def register(name: str):
 
 
 def coder_class(name: str) -> type["Coder"]:
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
     if name not in _REGISTRY:
-        raise IcdcoderError(f"unknown coder {name!r}; known: {sorted(_REGISTRY)}")
+        raise IcdcoderError(f"unknown coder {name!r}; known: {sorted(set(_REGISTRY) | set(BUILTIN))}")
     return _REGISTRY[name]
 
 
@@ -59,6 +64,22 @@ class Coder(ABC):
 
     @abstractmethod
     def _load_state(self, folder: Path) -> None: ...
+
+    def tune_threshold(self, val: Sequence[Note], per_code: bool = False) -> float:
+        """Set the decision threshold (and optionally per-code ones) that maximise micro F1 on ``val``.
+
+        Thresholds are part of the model (saved with it, applied to test), so the coder owns the
+        tuning; the search itself is the evaluation package's, so every coder tunes the same way.
+        """
+        from icdcoder.evaluation import build_matrix, tune_global, tune_per_code
+
+        preds = self.predict(val)
+        codes = sorted({c for n in val for c in n.codes} | {c.code for p in preds for c in p.codes})
+        m = build_matrix(val, preds, codes)
+        tuned = tune_global(m)
+        self.threshold = float(tuned.threshold)
+        self.per_code_thresholds = dict(tune_per_code(m, self.threshold).per_code) if per_code else {}
+        return self.threshold
 
     def save(self, folder: str | Path) -> Path:
         """Write the coder to ``folder`` atomically: ``coder.json`` (name, params, thresholds) plus state."""

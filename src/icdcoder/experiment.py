@@ -1,0 +1,191 @@
+"""One config file per experiment, one command to run it: ``icdcoder train CONFIG.yaml``.
+
+A config names the data, the coder and its parameters, the seed and the output folder::
+
+    name: tfidf-synth
+    seed: 13
+    data: {path: runs/demo/data}          # a prepared folder, or {synth: {seed: 13}} to generate one
+    coder: {name: tfidf, params: {classifier: svm, C: 1.0}}
+    threshold: {per_code: false}
+    eval_splits: [val, test]
+    output: runs/tfidf-synth
+
+The run folder it writes (each file atomically)::
+
+    model/                 the fitted coder with its tuned threshold (Coder.load reads it back)
+    threshold.json         the threshold, so `icdcoder evaluate` applies it to these predictions
+    predictions.jsonl      predictions on the last evaluated split (test) - what `icdcoder compare` reads
+    predictions-<split>.jsonl, metrics-<split>.json for every evaluated split
+    metrics.json           metrics of the last evaluated split
+    run.json               config, timings (fit, predict: notes/s), sizes
+
+A run whose ``model/`` exists is not fitted again unless ``force``; coders that checkpoint during
+training (PLM-ICD, the generative ones) resume from ``checkpoints/`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from icdcoder.errors import DataError
+from icdcoder.io import atomic_write, write_json
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    synth: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "DataConfig":
+        if (self.path is None) == (self.synth is None):
+            raise ValueError("give exactly one of data.path (a prepared folder) or data.synth (generator options)")
+        return self
+
+
+class CoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ThresholdConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_code: bool = False
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seed: int = 13
+    data: DataConfig
+    coder: CoderConfig
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    eval_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
+    output: str
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError("config file not found", path=path) from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise DataError(f"malformed YAML ({getattr(e, 'problem', e)})", path=path,
+                            line=mark.line + 1 if mark else None) from None
+        if not isinstance(raw, dict):
+            raise DataError("a config is a YAML mapping", path=path)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise DataError(err["msg"].removeprefix("Value error, "), path=path,
+                            field=".".join(str(p) for p in err["loc"]) or None) from None
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: DataConfig, run_dir: Path) -> Path:
+    """The prepared folder a config points at; ``synth`` generates one inside the run folder (once)."""
+    if cfg.path is not None:
+        return Path(cfg.path)
+    from icdcoder.data.store import MANIFEST, write_dataset
+    from icdcoder.data.synth import SynthConfig, generate_synthetic
+
+    out = run_dir / "data"
+    if not (out / MANIFEST).exists():
+        sc = SynthConfig(**cfg.synth)
+        write_dataset(generate_synthetic(sc), out, name=f"synthetic-seed{sc.seed}", source="synthetic")
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit (or reuse) the coder, tune its threshold on val, predict and evaluate each split."""
+    from icdcoder.coders import Coder, coder_class
+    from icdcoder.data.store import load_dataset
+    from icdcoder.evaluation import evaluate_files
+    from icdcoder.prediction import write_predictions
+
+    run_dir = Path(cfg.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    data_dir = prepare_data(cfg.data, run_dir)
+    ds = load_dataset(data_dir)
+    model_dir = run_dir / "model"
+    info: dict[str, Any] = {"config": cfg.model_dump(), "data_dir": str(data_dir.resolve())}
+
+    if (model_dir / "coder.json").exists() and not force:
+        log(f"reusing the fitted coder in {model_dir}")
+        coder = Coder.load(model_dir)
+    else:
+        cls = coder_class(cfg.coder.name)
+        params = dict(cfg.coder.params)
+        if getattr(cls, "checkpoints", False):
+            params.setdefault("checkpoint_dir", str(run_dir / "checkpoints"))
+        if "seed" in inspect.signature(cls.__init__).parameters:
+            params.setdefault("seed", cfg.seed)
+        coder = cls(**params)
+        val = ds["val"] if "val" in ds else None
+        log(f"fitting {cfg.coder.name} on {len(ds['train']):,} notes" + (f", tuning on {len(val):,}" if val else ""))
+        start = time.perf_counter()
+        coder.fit(ds["train"], val)
+        if val and cfg.threshold.per_code:
+            coder.tune_threshold(val, per_code=True)
+        info["fit_seconds"] = round(time.perf_counter() - start, 3)
+        coder.save(model_dir)
+    write_json(run_dir / "threshold.json", {"threshold": coder.threshold,
+                                            "per_code_thresholds": coder.per_code_thresholds})
+    info["predict"] = {}
+    metrics: dict[str, Any] = {}
+    splits = [s for s in cfg.eval_splits if s in ds]
+    for split in splits:
+        notes = ds[split]
+        start = time.perf_counter()
+        preds = coder.predict(notes)
+        seconds = time.perf_counter() - start
+        info["predict"][split] = {"notes": len(notes), "seconds": round(seconds, 3),
+                                  "notes_per_second": round(len(notes) / max(seconds, 1e-9), 2)}
+        pred_path = run_dir / f"predictions-{split}.jsonl"
+        write_predictions(preds, pred_path)
+        metrics = evaluate_files(data_dir, split, pred_path, threshold=coder.threshold)
+        metrics["coder"] = cfg.coder.name
+        metrics["run"] = cfg.name
+        write_json(run_dir / f"metrics-{split}.json", metrics)
+        log(f"{cfg.name} {split}: micro F1 {metrics['micro_f1']:.3f}, macro F1 {metrics['macro_f1']:.3f}, "
+            f"MAP {_fmt(metrics['map'])}, P@8 {_fmt(metrics['p@8'])}")
+    if splits:  # the last split evaluated (test) is what `icdcoder compare` reads
+        with atomic_write(run_dir / "predictions.jsonl", "wb") as fh:
+            fh.write((run_dir / f"predictions-{splits[-1]}.jsonl").read_bytes())
+        metrics["pred_path"] = str((run_dir / "predictions.jsonl").resolve())
+        write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "run.json", info)
+    return {"metrics": metrics, "info": info}
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

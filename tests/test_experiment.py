@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from icdcoder.cli import app
+from icdcoder.data import write_dataset
+from icdcoder.errors import DataError
+from icdcoder.experiment import ExperimentConfig
+from tests.test_tfidf import _notes
+
+runner = CliRunner()
+KEYS = {"micro_f1", "macro_f1", "micro_precision", "micro_recall", "micro_auc", "macro_auc", "micro_auprc", "p@5",
+        "p@8", "p@15", "r@5", "r@8", "r@15", "r_precision", "map", "exact_match", "n_notes", "n_codes"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exp") / "data"
+    pairs = [("train", n) for n in _notes(80, 0)] + [("val", n) for n in _notes(30, 1)] + \
+            [("test", n) for n in _notes(30, 2)]
+    write_dataset(pairs, d, name="toy", source="test")
+    return d
+
+
+def _config(tmp_path, data_dir, name, **params):
+    cfg = {"name": name, "seed": 1, "data": {"path": str(data_dir)},
+           "coder": {"name": "tfidf", "params": {"word_ngrams": [1, 1], **params}}, "output": str(tmp_path / name)}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_evaluate_compare_end_to_end(tmp_path, data_dir):
+    a = _config(tmp_path, data_dir, "strong", C=10.0)
+    b = _config(tmp_path, data_dir, "weak", C=0.01, top_k=2)
+    for cfg in (a, b):
+        r = runner.invoke(app, ["train", str(cfg)])
+        assert r.exit_code == 0, r.output
+    run = tmp_path / "strong"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert KEYS <= set(metrics) and metrics["split"] == "test" and metrics["n_notes"] == 30
+    assert metrics["micro_f1"] > 0.9
+    info = json.loads((run / "run.json").read_text())
+    assert info["fit_seconds"] > 0 and info["predict"]["test"]["notes_per_second"] > 0
+    # the stored threshold is what `evaluate` applies when none is given
+    thr = json.loads((run / "threshold.json").read_text())["threshold"]
+    r = runner.invoke(app, ["evaluate", "--gold", str(data_dir), "--split", "test", "--pred",
+                            str(run / "predictions.jsonl"), "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["threshold"] == thr and again["micro_f1"] == pytest.approx(metrics["micro_f1"])
+    r = runner.invoke(app, ["evaluate", "--gold", str(data_dir), "--pred", str(run / "predictions.jsonl"),
+                            "--threshold", "0.999999", "--json", str(tmp_path / "m2.json")])
+    assert json.loads((tmp_path / "m2.json").read_text())["micro_recall"] < again["micro_recall"]
+    # a second train reuses the fitted coder
+    r = runner.invoke(app, ["train", str(a)])
+    assert "reusing" in r.output
+    r = runner.invoke(app, ["compare", str(run), str(tmp_path / "weak"), "--out", str(tmp_path / "cmp"),
+                            "--resamples", "200"])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "strong" in md and "weak" in md
+    assert (tmp_path / "cmp" / "report.html").stat().st_size > 1000
+
+
+def test_predict_command(tmp_path, data_dir):
+    cfg = _config(tmp_path, data_dir, "p")
+    assert runner.invoke(app, ["train", str(cfg)]).exit_code == 0
+    out = tmp_path / "preds" / "val.jsonl"
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "p" / "model"), "--data", str(data_dir),
+                            "--split", "val", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(out.read_text().splitlines()) == 30 and (out.parent / "threshold.json").exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    ("name: x\ndata: {path: a}\ncoder: {name: tfidf}\n", "output"),
+    ("name: x\ndata: {path: a, synth: {}}\ncoder: {name: tfidf}\noutput: o\n", "exactly one of"),
+    ("name: x\ndata: {path: a}\ncoder: {name: tfidf}\noutput: o\nsurprise: 1\n", "surprise"),
+    ("name: [x\n", "malformed YAML"),
+])
+def test_bad_configs_name_the_field(tmp_path, content, match):
+    p = tmp_path / "c.yaml"
+    p.write_text(content)
+    with pytest.raises(DataError, match=match):
+        ExperimentConfig.from_yaml(p)

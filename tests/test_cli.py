@@ -52,3 +52,24 @@ def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path):
     assert "bad.jsonl:2: malformed JSON" in " ".join(r.stderr.split())
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_mimic_commands_on_fixtures(tmp_path):
+    from tests.mimic_fixtures import write_mimic3, write_mimic4
+
+    for version, writer in (("mimic3", write_mimic3), ("mimic4", write_mimic4)):
+        root = tmp_path / version
+        writer(root, gz=True)
+        out = tmp_path / f"{version}-out"
+        args = ["data", "prepare", version, "--root", str(root), "--own-split", "time", "--ratios", "0.5,0.25,0.25",
+                "--out", str(out), "--format", "jsonl", "--no-check-codes"]
+        if version == "mimic4":
+            args += ["--icd-version", "9"]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["source"] == "mimic" and sum(s["n_notes"] for s in manifest["splits"].values()) > 0
+        assert not any(p.name.startswith(".") for p in root.rglob("*"))  # nothing written beside the raw files
+    r = runner.invoke(app, ["data", "prepare", "mimic3", "--root", str(tmp_path / "mimic3"), "--own-split", "time",
+                            "--ratios", "0.5,0.5", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "three numbers" in r.output

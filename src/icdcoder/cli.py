@@ -31,6 +31,21 @@ data_app.add_typer(prepare_app, name="prepare")
 app.add_typer(ontology_app, name="ontology")
 
 
+class SplitMethod(str, Enum):
+    stratified = "stratified"
+    time = "time"
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise typer.BadParameter(f"ratios must be three numbers like 0.8,0.1,0.1, got {text!r}")
+    return parts
+
+
 class Fmt(str, Enum):
     jsonl = "jsonl"
     parquet = "parquet"
@@ -62,7 +77,11 @@ def _write(items: Iterable, out_dir: Path, *, name: str, source: str, fmt: Fmt, 
     start = time.perf_counter()
     manifest = write_dataset(_progress(items, f"preparing {name}"), out_dir, name=name, source=source,
                              fmt=fmt.value, options=options, resolver=resolver)
-    table = Table(title=f"{name} -> {out_dir}  ({time.perf_counter() - start:.1f} s)")
+    _print_manifest(manifest, out_dir, time.perf_counter() - start)
+
+
+def _print_manifest(manifest: dict[str, Any], out_dir: Path, seconds: float) -> None:
+    table = Table(title=f"{manifest['name']} -> {out_dir}  ({seconds:.1f} s)")
     for col in ("split", "notes", "labels", "codes", "file"):
         table.add_column(col, justify="right" if col in ("notes", "labels", "codes") else "left")
     for split, info in manifest["splits"].items():
@@ -142,6 +161,61 @@ prepare_app.command("jsonl")(_user_file_command("jsonl", "Your own notes as JSON
 prepare_app.command("csv")(_user_file_command("csv", "Your own notes as CSV with a header row (id, text, codes columns)."))
 
 
+
+class Preset(str, Enum):
+    mimiciii_full = "mimiciii_full"
+    mimiciii_50 = "mimiciii_50"
+    mimiciii_clean = "mimiciii_clean"
+    mimiciv_icd9 = "mimiciv_icd9"
+    mimiciv_icd10 = "mimiciv_icd10"
+
+
+def _prepare_mimic(version: int, root: Path, preset: Optional[Preset], split_file: Optional[Path],
+                   own_split: Optional["SplitMethod"], ratios: str, seed: int, icd_version: Optional[int],
+                   min_code_count: Optional[int], clean: Optional[bool], note_root: Optional[Path],
+                   out_dir: Path, fmt: Fmt, strict: bool, check: bool) -> None:
+    from icdcoder.data.mimic import prepare_mimic
+
+    start = time.perf_counter()
+    kw: dict[str, Any] = {"version": version, "preset": preset.value if preset else None, "split_file": split_file,
+                          "own_split": own_split.value if own_split else None, "ratios": _ratios(ratios),
+                          "seed": seed, "min_code_count": min_code_count, "clean_text": clean,
+                          "progress": console.is_terminal, "strict": strict}
+    if icd_version is not None:
+        kw["icd_version"] = icd_version
+    if note_root is not None:
+        kw["note_root"] = note_root
+    manifest = prepare_mimic(root, out_dir, fmt=fmt.value, resolver=_resolver(strict, check), **kw)
+    _print_manifest(manifest, out_dir, time.perf_counter() - start)
+
+
+def _mimic_command(version: int):
+    def command(
+        root: Path = typer.Option(..., "--root", help="The PhysioNet folder as downloaded (MIMIC-III: NOTEEVENTS, DIAGNOSES_ICD, PROCEDURES_ICD, ADMISSIONS; MIMIC-IV: hosp/ and note/), .csv or .csv.gz."),
+        preset: Optional[Preset] = typer.Option(None, "--preset", help="Community preprocessing of Edin et al. 2023 (code filtering, text cleaning, the matching split file)."),
+        split_file: Optional[Path] = typer.Option(None, "--split-file", help="A split file (_id, split), e.g. ../shared/data/mimic_splits/mimiciv_icd10_split.feather."),
+        own_split: Optional[SplitMethod] = typer.Option(None, "--own-split", help="Instead of a split file: stratified (patient-level) or time (by admission)."),
+        ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,val,test proportions of --own-split."),
+        seed: int = typer.Option(13, "--seed", help="Seed of --own-split stratified."),
+        icd_version: Optional[int] = typer.Option(None, "--icd-version", help="MIMIC-IV: 9 or 10 (set by the mimiciv presets)."),
+        min_code_count: Optional[int] = typer.Option(None, "--min-code-count", help="Drop codes seen in fewer admissions (presets: 10, none for mimiciii_full)."),
+        clean: Optional[bool] = typer.Option(None, "--clean/--no-clean", help="Text cleaning as in Edin et al. (lower case, no punctuation or standalone numbers); presets turn it on."),
+        note_root: Optional[Path] = typer.Option(None, "--note-root", help="MIMIC-IV: the MIMIC-IV-Note folder when it is not inside --root."),
+        out_dir: Path = OutOpt, fmt: Fmt = typer.Option(Fmt.parquet, "--format", help="parquet (default for MIMIC's size) or jsonl."),
+        strict: bool = StrictOpt, check: bool = CheckOpt,
+    ) -> None:
+        _prepare_mimic(version, root, preset, split_file, own_split, ratios, seed, icd_version, min_code_count,
+                       clean, note_root, out_dir, fmt, strict, check)
+
+    command.__doc__ = (f"MIMIC-{'III' if version == 3 else 'IV'} discharge summaries and their codes, streamed "
+                       "(never all texts in memory, nothing written beside the raw files).")
+    return command
+
+
+prepare_app.command("mimic3")(_mimic_command(3))
+prepare_app.command("mimic4")(_mimic_command(4))
+
+
 @data_app.command("synth")
 def synth(
     out_dir: Path = OutOpt,
@@ -168,11 +242,6 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
-class SplitMethod(str, Enum):
-    stratified = "stratified"
-    time = "time"
-
-
 @data_app.command("split")
 def split(
     src_dir: Path = typer.Argument(..., help="A prepared dataset folder; all its splits are pooled."),
@@ -184,11 +253,7 @@ def split(
     """Re-split a prepared dataset with our own splits (when it has no standard split, or to compare)."""
     from icdcoder.data.resplit import resplit
 
-    try:
-        parts = tuple(float(x) for x in ratios.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--ratios must be three numbers like 0.8,0.1,0.1, got {ratios!r}") from None
-    manifest = resplit(src_dir, out_dir, method=method.value, ratios=parts, seed=seed)
+    manifest = resplit(src_dir, out_dir, method=method.value, ratios=_ratios(ratios), seed=seed)
     for name, info in manifest["splits"].items():
         out.print(f"{name}: {info['n_notes']:,} notes, {info['n_codes']:,} codes")
 

@@ -86,3 +86,23 @@ def test_bad_configs_name_the_field(tmp_path, content, match):
     p.write_text(content)
     with pytest.raises(DataError, match=match):
         ExperimentConfig.from_yaml(p)
+
+
+def test_runner_gives_checkpointing_coders_a_checkpoint_dir_and_the_seed(tmp_path, data_dir):
+    from icdcoder.coders import register
+    from icdcoder.coders.tfidf import TfidfCoder
+    from icdcoder.experiment import run_experiment
+
+    seen = {}
+
+    @register("tfidf_ckpt_probe")
+    class Probe(TfidfCoder):
+        def __init__(self, checkpoint_dir=None, seed=13, **kw):
+            seen["checkpoint_dir"], seen["seed"] = checkpoint_dir, seed
+            super().__init__(seed=seed, **kw)
+
+    cfg = ExperimentConfig.model_validate({"name": "probe", "seed": 7, "data": {"path": str(data_dir)},
+                                           "coder": {"name": "tfidf_ckpt_probe", "params": {"word_ngrams": [1, 1]}},
+                                           "output": str(tmp_path / "probe"), "eval_splits": ["test"]})
+    run_experiment(cfg, log=lambda m: None)
+    assert seen == {"checkpoint_dir": str(tmp_path / "probe" / "checkpoints"), "seed": 7}

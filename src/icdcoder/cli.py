@@ -456,17 +456,52 @@ def print_metrics(runs: dict[str, dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ demo
+# The baselines the demo trains on the synthetic corpus; the same settings as configs/*-synth.yaml.
+DEMO_CODERS = (
+    ("tfidf", {"word_ngrams": [1, 2], "classifier": "logreg", "C": 10.0}),
+    ("plm_icd", {"segment_length": 128, "max_segments": 4, "epochs": 3, "batch_size": 8, "lr": 1.0e-4,
+                 "head_lr": 1.0e-2}),
+)
+
+
 @app.command("demo")
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
-    seed: int = typer.Option(13, "--seed", help="Seed of the synthetic corpus."),
+    seed: int = typer.Option(13, "--seed", help="Seed of the synthetic corpus and of training."),
+    plm: bool = typer.Option(True, "--plm/--no-plm", help="Also train PLM-ICD (a few minutes on 2 CPU cores)."),
 ) -> None:
-    """The main job on the embedded default: prepare the synthetic corpus and print its statistics."""
+    """The main job on the embedded default: synthetic corpus, both baselines trained and compared.
+
+    Re-running reuses what is already in --out (data, fitted coders)."""
     from icdcoder.data.stats import dataset_stats
+    from icdcoder.data.store import MANIFEST
+    from icdcoder.evaluation import compare_runs
+    from icdcoder.experiment import ExperimentConfig, run_experiment
 
     data_dir = out_dir / "data"
-    synth(out_dir=data_dir, seed=seed, n_train=None, n_val=None, n_test=None, fmt=Fmt.jsonl)
+    if not (data_dir / MANIFEST).exists():
+        synth(out_dir=data_dir, seed=seed, n_train=None, n_val=None, n_test=None, fmt=Fmt.jsonl)
     print_stats(dataset_stats(data_dir))
+    runs, results = [], {}
+    for name, params in DEMO_CODERS:
+        if name == "plm_icd" and not plm:
+            continue
+        if name == "plm_icd" and not _has_torch():
+            console.print("[yellow]PLM-ICD skipped: install the llm extra (pip install -c constraints.txt -e '.[llm]')[/]")
+            continue
+        cfg = ExperimentConfig(name=name, seed=seed, data={"path": str(data_dir)},
+                               coder={"name": name, "params": params}, output=str(out_dir / name))
+        results[name] = run_experiment(cfg, log=lambda m: console.print(f"[cyan]{m}[/]"))["metrics"]
+        runs.append(out_dir / name)
+    print_metrics(results)
+    compare_runs(runs, out_dir / "report")
+    out.print(f"report -> {out_dir / 'report' / 'report.html'} (and report.md)")
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
 def main() -> None:

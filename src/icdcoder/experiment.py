@@ -145,9 +145,10 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     else:
         cls = coder_class(cfg.coder.name)
         params = dict(cfg.coder.params)
-        if getattr(cls, "checkpoints", False):
+        accepts = inspect.signature(cls.__init__).parameters
+        if "checkpoint_dir" in accepts:  # coders that checkpoint resume from the run folder
             params.setdefault("checkpoint_dir", str(run_dir / "checkpoints"))
-        if "seed" in inspect.signature(cls.__init__).parameters:
+        if "seed" in accepts:
             params.setdefault("seed", cfg.seed)
         coder = cls(**params)
         val = ds["val"] if "val" in ds else None

@@ -31,17 +31,15 @@ def prefix_parent(code: str) -> str | None:
 
 def ontology_parent() -> Hierarchy:
     """A parent function backed by the ontology, falling back to :func:`prefix_parent`."""
-    try:
-        from icdcoder.ontology import get_ontology
-        ont = get_ontology()
-    except Exception:  # the ontology package is optional at evaluation time
-        ont = None
+    from icdcoder.ontology import get_ontology
+
+    ont = get_ontology()
 
     def parent(code: str, system: str | None) -> str | None:
-        if ont is not None and system:
+        if system:
             try:
                 p = ont.parent(code, system)
-            except Exception:
+            except ValueError:  # a system name the ontology does not know ("unknown")
                 p = None
             if p:
                 return p

@@ -116,10 +116,11 @@ def code_systems_of(gold: Sequence[Note], extra: Mapping[str, str] | None = None
 
 
 def _infer_system(code: str) -> str:
+    from icdcoder.codes import CodeFormatError, infer_system
+
     try:
-        from icdcoder.codes import infer_system
         return infer_system(code).value
-    except Exception:
+    except CodeFormatError:
         return "unknown"
 
 

@@ -318,7 +318,7 @@ def ontology_lookup(
     sys_ = parse_system(info.system)
     try:
         maps = ont.map_9_to_10(info.code, sys_) if sys_.version == 9 else ont.map_10_to_9(info.code, sys_)
-        d["gem"] = [m.to_dict() if hasattr(m, "to_dict") else dict(m._asdict()) for m in maps]
+        d["gem"] = [m.to_dict() for m in maps]
     except IcdcoderError as e:
         d["gem"] = str(e)
     if as_json:
@@ -345,11 +345,12 @@ def ontology_search(
     limit: int = typer.Option(20, "--limit", help="At most this many results."),
 ) -> None:
     """Find codes whose description (or inclusion terms) contain the words."""
+    from icdcoder.codes import CodeSystem
     from icdcoder.ontology import get_ontology
 
     t = Table("code", "system", "billable", "description")
     for info in get_ontology().search(text, system=system, limit=limit):
-        t.add_row(info.code, str(getattr(info.system, "value", info.system)), "yes" if info.billable else "", info.description)
+        t.add_row(info.code, CodeSystem(info.system).value, "yes" if info.billable else "", info.description or "")
     out.print(t)
 
 

@@ -54,15 +54,28 @@ def test_train_evaluate_compare_end_to_end(tmp_path, data_dir):
     r = runner.invoke(app, ["evaluate", "--gold", str(data_dir), "--pred", str(run / "predictions.jsonl"),
                             "--threshold", "0.999999", "--json", str(tmp_path / "m2.json")])
     assert json.loads((tmp_path / "m2.json").read_text())["micro_recall"] < again["micro_recall"]
-    # a second train reuses the fitted coder
+    # a second train reuses the fitted coder and keeps its measured fit time
     r = runner.invoke(app, ["train", str(a)])
     assert "reusing" in r.output
+    assert json.loads((run / "run.json").read_text())["fit_seconds"] == info["fit_seconds"]
+    assert metrics["threshold_source"].endswith("threshold.json")
     r = runner.invoke(app, ["compare", str(run), str(tmp_path / "weak"), "--out", str(tmp_path / "cmp"),
                             "--resamples", "200"])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "strong" in md and "weak" in md
     assert (tmp_path / "cmp" / "report.html").stat().st_size > 1000
+
+
+def test_per_code_thresholds_are_applied(tmp_path, data_dir):
+    cfg = yaml.safe_load(_config(tmp_path, data_dir, "pc").read_text())
+    cfg["threshold"] = {"per_code": True}
+    (tmp_path / "pc.yaml").write_text(yaml.safe_dump(cfg))
+    assert runner.invoke(app, ["train", str(tmp_path / "pc.yaml")]).exit_code == 0
+    stored = json.loads((tmp_path / "pc" / "threshold.json").read_text())
+    assert stored["per_code_thresholds"]  # tuned for the codes with val positives
+    metrics = json.loads((tmp_path / "pc" / "metrics.json").read_text())
+    assert metrics["threshold_source"].endswith("threshold.json") and metrics["threshold"] == stored["threshold"]
 
 
 def test_predict_command(tmp_path, data_dir):

@@ -26,6 +26,7 @@ training (PLM-ICD, the generative ones) resume from ``checkpoints/`` in the run 
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -142,6 +143,9 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     if (model_dir / "coder.json").exists() and not force:
         log(f"reusing the fitted coder in {model_dir}")
         coder = Coder.load(model_dir)
+        previous = run_dir / "run.json"
+        if previous.exists():  # keep the fit time measured when it was fitted
+            info["fit_seconds"] = json.loads(previous.read_text(encoding="utf-8")).get("fit_seconds")
     else:
         cls = coder_class(cfg.coder.name)
         params = dict(cfg.coder.params)
@@ -173,7 +177,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
                                   "notes_per_second": round(len(notes) / max(seconds, 1e-9), 2)}
         pred_path = run_dir / f"predictions-{split}.jsonl"
         write_predictions(preds, pred_path)
-        metrics = evaluate_files(data_dir, split, pred_path, threshold=coder.threshold)
+        # threshold None: threshold.json beside the predictions (global and per-code) is applied
+        metrics = evaluate_files(data_dir, split, pred_path)
         metrics["coder"] = cfg.coder.name
         metrics["run"] = cfg.name
         write_json(run_dir / f"metrics-{split}.json", metrics)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from icdcoder.data.note import first_error
 from icdcoder.errors import DataError
 from icdcoder.io import atomic_write, write_json
 
@@ -91,9 +92,8 @@ class ExperimentConfig(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise DataError(err["msg"].removeprefix("Value error, "), path=path,
-                            field=".".join(str(p) for p in err["loc"]) or None) from None
+            loc, msg = first_error(e)
+            raise DataError(msg, path=path, field=loc or None) from None
 
 
 def seed_everything(seed: int) -> None:

@@ -456,47 +456,60 @@ def print_metrics(runs: dict[str, dict[str, Any]]) -> None:
     out.print(t)
 
 
-# ------------------------------------------------------------------------------------------------ demo
-# The baselines the demo trains on the synthetic corpus; the same settings as configs/*-synth.yaml.
-DEMO_CODERS = (
-    ("tfidf", {"word_ngrams": [1, 2], "classifier": "logreg", "C": 10.0}),
-    ("plm_icd", {"segment_length": 128, "max_segments": 4, "epochs": 3, "batch_size": 8, "lr": 1.0e-4,
-                 "head_lr": 1.0e-2}),
-)
+# ------------------------------------------------------------------------------------------- study / demo
+def _run_study(config: Path, out_dir: Optional[Path], only: Optional[list[str]]) -> None:
+    from icdcoder.study import StudyConfig, run_study
+
+    cfg = StudyConfig.from_yaml(config)
+    if out_dir is not None:
+        cfg.output = str(out_dir)
+    needs_llm = [r.name for r in cfg.runs if r.coder != "tfidf"]
+    if needs_llm and not _has_torch():
+        raise IcdcoderError(f"runs {needs_llm} need the llm extra: pip install -c constraints.txt -e '.[llm]'")
+    start = time.perf_counter()
+    result = run_study(cfg, only=only, log=lambda m: console.print(f"[cyan]{m}[/]"))
+    metrics = {}
+    for name in result["runs"]:
+        m = json.loads((Path(cfg.output) / name / "metrics.json").read_text(encoding="utf-8"))
+        metrics[name] = m
+    print_metrics(metrics)
+    t = Table(title="cost and errors (test)")
+    for col in ("run", "fit s", "notes/s", "missed", "spurious", "malformed"):
+        t.add_column(col, justify="right")
+    for name, r in result["runs"].items():
+        t.add_row(name, f"{r['fit_seconds'] or 0:.0f}", f"{r['predict_notes_per_second'] or 0:.1f}",
+                  f"{r['gold_missed']:,}", f"{r['spurious']:,}",
+                  "-" if r["malformed_answers"] is None else f"{r['malformed_answers']:,}")
+    out.print(t)
+    rep = result["report"]
+    out.print(f"study finished in {time.perf_counter() - start:.0f} s; report -> {rep['report_html']} "
+              f"(and report.md)")
+
+
+@app.command("study")
+def study(
+    config: Path = typer.Argument(..., help="A study YAML: data, the tiny LM, and the runs to train and compare."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Override the config's output folder."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only these run names (repeatable)."),
+) -> None:
+    """Train and evaluate every coder of a study under one protocol, then write one report.
+
+    Finished runs are reused and an interrupted one resumes from its checkpoints."""
+    _run_study(config, out_dir, only)
+
+
+DEMO_CONFIG = Path(__file__).parent / "resources" / "study-demo.yaml"
 
 
 @app.command("demo")
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
-    seed: int = typer.Option(13, "--seed", help="Seed of the synthetic corpus and of training."),
-    plm: bool = typer.Option(True, "--plm/--no-plm", help="Also train PLM-ICD (a few minutes on 2 CPU cores)."),
 ) -> None:
-    """The main job on the embedded default: synthetic corpus, both baselines trained and compared.
+    """The main job on the embedded default: the whole study (TF-IDF, PLM-ICD, prompting, SFT, GRPO,
+    PHI) on the synthetic corpus, with one report. About 20 minutes on 2 CPU cores.
 
-    Re-running reuses what is already in --out (data, fitted coders)."""
-    from icdcoder.data.stats import dataset_stats
-    from icdcoder.data.store import MANIFEST
-    from icdcoder.evaluation import compare_runs
-    from icdcoder.experiment import ExperimentConfig, run_experiment
-
-    data_dir = out_dir / "data"
-    if not (data_dir / MANIFEST).exists():
-        synth(out_dir=data_dir, seed=seed, n_train=None, n_val=None, n_test=None, fmt=Fmt.jsonl)
-    print_stats(dataset_stats(data_dir))
-    runs, results = [], {}
-    for name, params in DEMO_CODERS:
-        if name == "plm_icd" and not plm:
-            continue
-        if name == "plm_icd" and not _has_torch():
-            console.print("[yellow]PLM-ICD skipped: install the llm extra (pip install -c constraints.txt -e '.[llm]')[/]")
-            continue
-        cfg = ExperimentConfig(name=name, seed=seed, data={"path": str(data_dir)},
-                               coder={"name": name, "params": params}, output=str(out_dir / name))
-        results[name] = run_experiment(cfg, log=lambda m: console.print(f"[cyan]{m}[/]"))["metrics"]
-        runs.append(out_dir / name)
-    print_metrics(results)
-    compare_runs(runs, out_dir / "report")
-    out.print(f"report -> {out_dir / 'report' / 'report.html'} (and report.md)")
+    The config is ``icdcoder/resources/study-demo.yaml``; re-running reuses what is already in --out."""
+    _run_study(DEMO_CONFIG, out_dir, None)
 
 
 def _has_torch() -> bool:

@@ -29,7 +29,7 @@ import inspect
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -37,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from icdcoder.data.note import first_error
 from icdcoder.errors import DataError
 from icdcoder.io import atomic_write, write_json
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class DataConfig(BaseModel):
@@ -78,22 +80,34 @@ class ExperimentConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("config file not found", path=path) from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise DataError(f"malformed YAML ({getattr(e, 'problem', e)})", path=path,
-                            line=mark.line + 1 if mark else None) from None
-        if not isinstance(raw, dict):
-            raise DataError("a config is a YAML mapping", path=path)
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            loc, msg = first_error(e)
-            raise DataError(msg, path=path, field=loc or None) from None
+        return load_yaml_config(cls, path)
+
+
+def load_yaml_config(cls: type[M], path: str | Path) -> M:
+    """Read a YAML config into the pydantic model ``cls``; errors name the file, line or field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("config file not found", path=path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(f"malformed YAML ({getattr(e, 'problem', e)})", path=path,
+                        line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise DataError("a config is a YAML mapping", path=path)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = first_error(e)
+        raise DataError(msg, path=path, field=loc or None) from None
+
+
+def is_main_process() -> bool:
+    """False on the extra ranks of ``accelerate launch``/``torchrun``: they train, rank 0 does the rest."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def seed_everything(seed: int) -> None:
@@ -162,6 +176,10 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         if val and cfg.threshold.per_code:
             coder.tune_threshold(val, per_code=True)
         info["fit_seconds"] = round(time.perf_counter() - start, 3)
+        if getattr(coder, "history", None):  # what each training stage did (generative coders)
+            info["training"] = coder.history
+        if not is_main_process():
+            return {"metrics": {}, "info": info}
         coder.save(model_dir)
     write_json(run_dir / "threshold.json", {"threshold": coder.threshold,
                                             "per_code_thresholds": coder.per_code_thresholds})
@@ -175,6 +193,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         seconds = time.perf_counter() - start
         info["predict"][split] = {"notes": len(notes), "seconds": round(seconds, 3),
                                   "notes_per_second": round(len(notes) / max(seconds, 1e-9), 2)}
+        if getattr(coder, "last_predict_stats", None):  # generative coders: malformed answers, invalid codes
+            info["predict"][split]["generation"] = dict(coder.last_predict_stats)
         pred_path = run_dir / f"predictions-{split}.jsonl"
         write_predictions(preds, pred_path)
         # threshold None: threshold.json beside the predictions (global and per-code) is applied

@@ -145,12 +145,16 @@ def _sig_cell(row: Mapping[str, Any], k: str) -> str:
     return f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3f}"
 
 
-def _markdown(names, metrics, sig, bucket_rows, has_plots) -> str:
-    lines = ["# Coder comparison", "", "## Metrics", ""]
+def _markdown(names, metrics, sig, bucket_rows, has_plots, extra, title) -> str:
+    lines = [f"# {title}", "", "## Metrics", ""]
     lines.append("| metric | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
     for k in TABLE_KEYS:
         lines.append(f"| {k} | " + " | ".join(_fmt(m.get(k)) for m in metrics) + " |")
+    if extra:
+        lines += ["", "## Cost and errors", "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for k, vals in extra.items():
+            lines.append(f"| {k} | " + " | ".join(_fmt(v) for v in vals) + " |")
     if sig:
         lines += ["", "## Significance (paired bootstrap, b - a, 95% CI, two-sided p)", "",
                   "| a | b | " + " | ".join(BOOT_METRICS) + " |", "|---|---|" + "---|" * len(BOOT_METRICS)]
@@ -179,10 +183,14 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_plt: bool) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Coder comparison</title>",
-             f"<style>{_CSS}</style></head><body><h1>Coder comparison</h1><h2>Metrics</h2>"]
+def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_plt: bool, extra, title) -> str:
+    t = html.escape(title)
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{t}</h1><h2>Metrics</h2>"]
     parts.append(_html_table(["metric"] + names, [[k] + [_fmt(m.get(k)) for m in metrics] for k in TABLE_KEYS]))
+    if extra:
+        parts.append("<h2>Cost and errors</h2>")
+        parts.append(_html_table([""] + names, [[k] + [_fmt(v) for v in vals] for k, vals in extra.items()]))
     if sig:
         parts.append("<h2>Significance (paired bootstrap, b &minus; a, 95% CI, two-sided p)</h2>")
         rows = [[r["a"], r["b"]] + ([r["skipped"]] * len(BOOT_METRICS) if "skipped" in r
@@ -191,17 +199,21 @@ def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_pl
     if bucket_rows:
         parts.append("<h2>Micro F1 by training-frequency bucket</h2>")
         parts.append(_html_table(["bucket"] + names, [[b] + [_fmt(v) for v in vals] for b, vals in bucket_rows]))
-    for title, key in (("F1 by frequency bucket", "buckets"), ("Precision-recall curves", "pr")):
+    for heading, key in (("F1 by frequency bucket", "buckets"), ("Precision-recall curves", "pr")):
         if plots.get(key):
-            parts.append(f"<h2>{title}</h2><img alt=\"{title}\" src=\"data:image/png;base64,{plots[key]}\">")
+            parts.append(f"<h2>{heading}</h2><img alt=\"{heading}\" src=\"data:image/png;base64,{plots[key]}\">")
     if not has_plt:
         parts.append("<p><em>Plots need matplotlib.</em></p>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
 
-def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000, seed: int = 0,
+            extra_rows: Mapping[str, Sequence[Any]] | None = None, title: str = "Coder comparison") -> dict[str, Any]:
     """Write ``report.md`` and ``report.html`` to ``out_dir`` (atomically); return the data behind them.
+
+    ``extra_rows`` adds a "Cost and errors" table: one row per key, one value per run (training time,
+    prediction speed, missed codes, ...).
 
     ``runs``: ``(name, metrics dict, per-note data)`` where the per-note data is a :class:`RunData`
     (or a bare :class:`ScoreMatrix`, thresholded at ``metrics["threshold"]``) for the PR curve and
@@ -233,15 +245,16 @@ def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "report.md") as fh:
-        fh.write(_markdown(names, metrics, sig, bucket_rows, plt is not None))
+        fh.write(_markdown(names, metrics, sig, bucket_rows, plt is not None, extra_rows, title))
     with atomic_write(out / "report.html") as fh:
-        fh.write(_html(names, metrics, sig, bucket_rows, plots, plt is not None))
+        fh.write(_html(names, metrics, sig, bucket_rows, plots, plt is not None, extra_rows, title))
     return {"runs": names, "significance": sig, "report_md": str(out / "report.md"),
             "report_html": str(out / "report.html")}
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, n_resamples: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, extra_rows: Mapping[str, Sequence[Any]] | None = None,
+                 title: str = "Coder comparison") -> dict[str, Any]:
     """What ``icdcoder compare`` calls. Each run dir holds ``metrics.json`` (as written from
     :func:`evaluate_files`: ``data_dir``, ``split``, ``threshold``, ``codes``) and ``predictions.jsonl``.
     Runs on the same gold data are re-aligned over one common label space (the dataset's codes plus
@@ -298,4 +311,4 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, n_resam
             per_code = stored_thresholds(ppath)[1] if metrics.get("n_per_code_thresholds") else {}
             extra = RunData(build_matrix(gold, aligned, space), float(metrics.get("threshold", 0.5)), per_code)
         runs.append((d.name, metrics, extra))
-    return compare(runs, out_dir, n_resamples=n_resamples, seed=seed)
+    return compare(runs, out_dir, n_resamples=n_resamples, seed=seed, extra_rows=extra_rows, title=title)

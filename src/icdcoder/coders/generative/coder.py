@@ -1,0 +1,260 @@
+"""The prompting coder (``llm_prompt``) and the machinery every generative coder shares.
+
+A generative coder is an LM plus a prompt recipe. It writes ``<code>...</code>``; the one parser turns
+that into a code set, dropping codes that fail the validity check (counted in ``last_predict_stats``).
+Greedy decoding gives unscored code sets (scores 1.0, ``scored: false``); with ``num_samples > 1``
+the score of a code is the share of sampled answers that contain it, so ranking metrics apply.
+
+The trained stages (SFT, GRPO, PHI) subclass this in :mod:`icdcoder.training.stages`: they differ only
+in ``fit``. Parameters (all saved in ``coder.json``)::
+
+    model: tiny                  # or any HF causal LM id / local path
+    init_from: runs/x/model      # start from another generative coder's LM (a later stage)
+    tiny: {...}                  # TinyConfig, when model is tiny
+    prompt: {...}                # PromptConfig: budgets, few_shot, candidates
+    generation: {max_new_tokens: 96, batch_size: 16, backend: hf|vllm|openai, base_url, api_model,
+                 constrained: false, num_samples: 1, temperature: 0.0}
+    valid_codes: ontology        # which parsed codes are kept: ontology | label_space | any
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from icdcoder.coders.base import Coder, register
+from icdcoder.coders.generative.answer import format_answer, parse_answer
+from icdcoder.coders.generative.backends import Messages, Sampling
+from icdcoder.coders.generative.prompts import PromptConfig, Retriever, build_messages, code_system
+from icdcoder.data.note import Note
+from icdcoder.errors import IcdcoderError
+from icdcoder.io import iter_jsonl, write_json
+from icdcoder.prediction import Prediction
+
+GEN_DEFAULTS: dict[str, Any] = {"max_new_tokens": 96, "batch_size": 16, "backend": "hf", "base_url": None,
+                                "api_model": None, "constrained": False, "num_samples": 1, "temperature": 0.0,
+                                "dtype": None}
+
+
+@register("llm_prompt")
+class GenerativeCoder(Coder):
+    """Zero- or few-shot prompting of a causal LM (``fit`` builds the tiny LM or just the example pool)."""
+
+    scored = False
+    stage_options: tuple[str, ...] = ()  # extra parameter groups a training stage accepts (sft, grpo, phi)
+
+    def __init__(self, model: str = "tiny", init_from: str | None = None, tiny: dict | None = None,
+                 prompt: dict | None = None, generation: dict | None = None, valid_codes: str = "ontology",
+                 seed: int = 13, checkpoint_dir: str | None = None, **stage: Any):
+        super().__init__(model=model, init_from=init_from, tiny=tiny or {}, prompt=prompt or {},
+                         generation=generation or {}, valid_codes=valid_codes, seed=seed, **stage)
+        unknown = set(stage) - set(self.stage_options)
+        if unknown:
+            raise IcdcoderError(f"{self.name}: unknown parameters {sorted(unknown)}")
+        if valid_codes not in ("ontology", "label_space", "any"):
+            raise IcdcoderError(f"valid_codes must be ontology, label_space or any, not {valid_codes!r}")
+        self.prompt_cfg = PromptConfig(**(prompt or {}))
+        unknown = set(generation or {}) - set(GEN_DEFAULTS)
+        if unknown:
+            raise IcdcoderError(f"unknown generation options {sorted(unknown)}; known: {sorted(GEN_DEFAULTS)}")
+        self.gen = {**GEN_DEFAULTS, **(generation or {})}
+        self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.lm_path: str | None = None      # folder or id the LM loads from
+        self.owns_lm = False                 # weights built or trained by icdcoder travel with the coder
+        self.label_space: dict[str, int] = {}  # training code -> frequency
+        self.history: list[dict[str, Any]] = []  # what each training stage did
+        self.last_predict_stats: dict[str, Any] = {}
+        self._pool: Retriever | None = None
+        self._backend = None
+        self._lm = None  # (model, tokenizer) in memory after training
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "GenerativeCoder":
+        self._prepare(train)
+        return self
+
+    def _prepare(self, train: Sequence[Note]) -> None:
+        """Label space, example pool, and the starting LM (built, inherited or named)."""
+        self.label_space = dict(Counter(c for n in train for c in n.codes))
+        if self.prompt_cfg.few_shot or self.prompt_cfg.candidates:
+            self._pool = Retriever([n.text for n in train], [n.codes for n in train])
+        init = self.params.get("init_from")
+        if init:
+            parent = Coder.load(init)
+            if not isinstance(parent, GenerativeCoder):
+                raise IcdcoderError(f"init_from {init} is a {parent.name} coder, not a generative one")
+            self.lm_path, self.history, self.owns_lm = parent.lm_path, list(parent.history), parent.owns_lm
+        elif self.params["model"] == "tiny":
+            from icdcoder.coders.generative.tiny import TinyConfig, build_tiny_lm
+
+            start = time.perf_counter()
+            cfg = TinyConfig(**{"seed": self.seed, **self.params["tiny"]})
+            self.lm_path = str(build_tiny_lm(train, self._work_dir() / "tiny-lm", cfg, self.prompt_cfg.system,
+                                             log=self._log))
+            meta = json.loads((Path(self.lm_path) / "tiny_lm.json").read_text(encoding="utf-8"))
+            self.history.append({"stage": "tiny_lm", "seconds": round(time.perf_counter() - start, 2), **meta})
+            self.owns_lm = True
+        else:
+            self.lm_path = str(self.params["model"])
+
+    def _work_dir(self) -> Path:
+        if self.checkpoint_dir:
+            d = Path(self.checkpoint_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            return d
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="icdcoder-lm-")
+        return Path(self._tmp.name)
+
+    def _log(self, msg: str) -> None:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[cyan]{self.name}[/]: {msg}")
+
+    # ------------------------------------------------------------------ the LM
+    def lm(self):
+        """The (model, tokenizer) pair, loaded on first use from ``lm_path``."""
+        if self._lm is None:
+            from icdcoder.coders.generative.backends import load_causal_lm, load_tokenizer
+
+            if self.lm_path is None:
+                raise IcdcoderError("the coder has no LM yet: fit or load it first")
+            self._lm = (load_causal_lm(self.lm_path, dtype=self.gen["dtype"]), load_tokenizer(self.lm_path))
+        return self._lm
+
+    def backend(self):
+        if self._backend is None:
+            kind = self.gen["backend"]
+            if kind == "hf":
+                from icdcoder.coders.generative.backends import HFBackend
+
+                model, tok = self.lm()
+                factory = None
+                if self.gen["constrained"]:
+                    from icdcoder.coders.generative.constrained import constrained_processor
+
+                    codes = sorted(self.label_space)
+                    factory = lambda width: constrained_processor(tok, codes, width)  # noqa: E731
+                self._backend = HFBackend(model, tok, batch_size=self.gen["batch_size"], logits_processor=factory)
+            elif kind == "vllm":
+                from icdcoder.coders.generative.vllm_backend import VLLMBackend
+
+                self._backend = VLLMBackend(self.lm_path, seed=self.seed)
+            elif kind == "openai":
+                from icdcoder.coders.generative.remote import OpenAIBackend
+
+                if not self.gen["base_url"]:
+                    raise IcdcoderError("backend openai needs generation.base_url: notes go only to an endpoint "
+                                        "you name")
+                self._backend = OpenAIBackend(base_url=self.gen["base_url"],
+                                              model=self.gen["api_model"] or self.params["model"])
+            else:
+                raise IcdcoderError(f"unknown backend {kind!r}; use hf, vllm or openai")
+        return self._backend
+
+    # ------------------------------------------------------------------ prompts and answers
+    def messages(self, note: Note, hint: Sequence[str] = (), exclude_self: bool = False) -> Messages:
+        """The prompt for ``note``; ``hint`` codes (PHI training only) are named with descriptions."""
+        from icdcoder.ontology import get_ontology
+
+        cfg, examples, candidates = self.prompt_cfg, [], []
+        exclude = note.text if exclude_self else None
+        if self._pool is not None and cfg.few_shot:
+            examples = [(self._pool.texts[i], self._pool.codes[i]) for i in
+                        self._pool.nearest(note.text, cfg.few_shot, exclude)]
+        onto = get_ontology() if (cfg.candidates or hint) else None
+        if self._pool is not None and cfg.candidates:
+            candidates = [(c, onto.describe(c, code_system(cfg.system))) for c in
+                          self._pool.candidates(note.text, cfg.candidates, exclude=exclude)]
+        hints = [(c, onto.describe(c, code_system(cfg.system))) for c in hint] if hint else []
+        return build_messages(note.text, cfg, self.backend().token_offsets, examples=examples,
+                              candidates=candidates, hint=hints)
+
+    def answer(self, note: Note) -> Messages:
+        """The target completion for SFT: the gold code set in the answer format."""
+        return [{"role": "assistant", "content": format_answer(note.codes, code_system(self.prompt_cfg.system))}]
+
+    def validity(self):
+        mode = self.params["valid_codes"]
+        if mode == "label_space":
+            return set(self.label_space)
+        if mode == "any":
+            return lambda c: True
+        return None  # the parser checks the ontology
+
+    def generate_sets(self, notes: Sequence[Note], *, sampling: Sampling | None = None,
+                      exclude_self: bool = False) -> tuple[list[list[list[str]]], dict[str, Any]]:
+        """Code sets of each sampled answer per note, plus parse statistics."""
+        sampling = sampling or self.sampling()
+        prompts = [self.messages(n, exclude_self=exclude_self) for n in notes]
+        texts = self.backend().generate(prompts, sampling)
+        valid, stats = self.validity(), Counter()
+        sets = []
+        for outs in texts:
+            per_note = []
+            for t in outs:
+                p = parse_answer(t, system=code_system(self.prompt_cfg.system), valid=valid)
+                stats["answers"] += 1
+                stats["malformed"] += p.malformed
+                stats["invalid_codes"] += len(p.invalid)
+                stats["codes"] += len(p.codes)
+                per_note.append(p.codes)
+            sets.append(per_note)
+        return sets, dict(stats)
+
+    def sampling(self) -> Sampling:
+        n = int(self.gen["num_samples"])
+        temp = float(self.gen["temperature"]) or (1.0 if n > 1 else 0.0)
+        return Sampling(max_new_tokens=int(self.gen["max_new_tokens"]), temperature=temp, n=n, seed=self.seed)
+
+    def predict(self, notes: Sequence[Note]) -> list[Prediction]:
+        start = time.perf_counter()
+        sets, stats = self.generate_sets(notes)
+        preds = []
+        for note, per_note in zip(notes, sets):
+            if len(per_note) == 1:
+                preds.append(Prediction.from_code_set(note.id, per_note[0]))
+            else:  # self-consistency: the share of samples naming a code is its score
+                votes = Counter(c for s in per_note for c in set(s))
+                preds.append(Prediction.from_scores(note.id, {c: v / len(per_note) for c, v in votes.items()}))
+        seconds = time.perf_counter() - start
+        stats.update(notes=len(notes), seconds=round(seconds, 3))
+        backend = self.backend()
+        if hasattr(backend, "generated_tokens"):
+            stats["generated_tokens"] = backend.generated_tokens
+        self.last_predict_stats = stats
+        return preds
+
+    # ------------------------------------------------------------------ persistence
+    def _save_state(self, folder: Path) -> None:
+        owned = self.owns_lm
+        if owned:  # weights built or trained here travel with the coder
+            model, tok = self.lm() if self._lm is not None else (None, None)
+            if model is not None:
+                model.save_pretrained(folder / "lm")
+                tok.save_pretrained(folder / "lm")
+            else:
+                shutil.copytree(self.lm_path, folder / "lm")
+        state = {"lm": "lm" if owned else self.lm_path, "label_space": self.label_space, "history": self.history}
+        write_json(folder / "generative.json", state)
+        if self._pool is not None:
+            with open(folder / "pool.jsonl", "w", encoding="utf-8") as fh:
+                for t, c in zip(self._pool.texts, self._pool.codes):
+                    fh.write(json.dumps({"text": t, "codes": c}, ensure_ascii=False) + "\n")
+
+    def _load_state(self, folder: Path) -> None:
+        state = json.loads((folder / "generative.json").read_text(encoding="utf-8"))
+        self.lm_path = str(folder / state["lm"]) if state["lm"] == "lm" else state["lm"]
+        self.label_space = {k: int(v) for k, v in state["label_space"].items()}
+        self.history = state.get("history", [])
+        self.owns_lm = state["lm"] == "lm"
+        if (folder / "pool.jsonl").exists():
+            rows = list(iter_jsonl(folder / "pool.jsonl"))
+            self._pool = Retriever([r["text"] for _, r in rows], [r["codes"] for _, r in rows])

@@ -1,0 +1,156 @@
+"""The study: one config in, every coder trained and evaluated under one protocol, one report out.
+
+``icdcoder study configs/study-demo.yaml`` (and ``make demo``) runs TF-IDF, PLM-ICD, prompting, SFT,
+GRPO and PHI on the same data and writes ``OUT/report/`` with the metrics table, the paired-bootstrap
+significance of each coder against the previous one, F1 by code-frequency bucket, missed and
+spurious code counts, training time and prediction speed. A config::
+
+    name: study-demo
+    seed: 13
+    data: {synth: {seed: 13}}          # or {path: prepared/folder}
+    output: runs/demo
+    eval_splits: [test]
+    tiny: {pretrain_steps: 150}        # the tiny LM shared by every generative coder with model: tiny
+    runs:
+      - {name: tfidf, coder: tfidf, params: {...}}
+      - {name: sft, coder: llm_sft, params: {...}}
+      - {name: grpo, coder: llm_grpo, params: {init_from: sft, ...}}   # a run name above -> its model
+
+Each run is an ordinary experiment folder (``OUT/<name>/``: model, predictions, metrics, run.json),
+so re-running the study reuses every finished coder and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from icdcoder.experiment import (DataConfig, ExperimentConfig, is_main_process, load_yaml_config, prepare_data,
+                                 run_experiment)
+from icdcoder.io import write_json
+
+GENERATIVE = ("llm_prompt", "llm_sft", "llm_grpo", "llm_phi")
+
+
+class StudyRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    coder: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    per_code_threshold: bool = False
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seed: int = 13
+    data: DataConfig
+    output: str
+    eval_splits: list[str] = Field(default_factory=lambda: ["test"])
+    tiny: dict[str, Any] = Field(default_factory=dict)
+    runs: list[StudyRun] = Field(min_length=1)
+    bootstrap_resamples: int = 1000
+
+    @model_validator(mode="after")
+    def _names(self) -> "StudyConfig":
+        seen: set[str] = set()
+        for r in self.runs:
+            if r.name in seen:
+                raise ValueError(f"run name {r.name!r} appears twice")
+            init = r.params.get("init_from")
+            if isinstance(init, str) and "/" not in init and init not in seen:
+                raise ValueError(f"run {r.name!r}: init_from {init!r} names no earlier run")
+            seen.add(r.name)
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "StudyConfig":
+        return load_yaml_config(cls, path)
+
+
+def _shared_tiny_lm(cfg: StudyConfig, data_dir: Path, out: Path, log: Callable[[str], None]) -> Path | None:
+    """Build the tiny LM once for every generative run that asks for ``model: tiny``."""
+    if not any(r.coder in GENERATIVE and r.params.get("model", "tiny") == "tiny" and not r.params.get("init_from")
+               for r in cfg.runs):
+        return None
+    from icdcoder.coders.generative.tiny import TinyConfig, build_tiny_lm
+    from icdcoder.data.store import load_dataset
+
+    folder = out / "tiny-lm"
+    if not (folder / "tiny_lm.json").exists():
+        log("building the shared tiny LM (tokenizer, model, brief pre-training)")
+        build_tiny_lm(load_dataset(data_dir)["train"], folder, TinyConfig(**{"seed": cfg.seed, **cfg.tiny}), log=log)
+    return folder
+
+
+def missed_and_spurious(run_dir: Path, data_dir: Path, split: str) -> dict[str, int]:
+    """Gold codes missed and codes predicted wrongly, at the run's own threshold(s)."""
+    from icdcoder.evaluation.protocol import load_gold
+    from icdcoder.prediction import read_predictions
+
+    gold, _ = load_gold(data_dir, split)
+    th = json.loads((run_dir / "threshold.json").read_text(encoding="utf-8"))
+    per_code, t = th.get("per_code_thresholds", {}), float(th.get("threshold", 0.5))
+    preds = {p.id: {c.code for c in p.codes if c.score >= per_code.get(c.code, t)}
+             for p in read_predictions(run_dir / f"predictions-{split}.jsonl")}
+    missed = spurious = 0
+    for n in gold:
+        g, p = set(n.codes), preds.get(n.id, set())
+        missed += len(g - p)
+        spurious += len(p - g)
+    return {"gold_missed": missed, "spurious": spurious}
+
+
+def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate every run in order (reusing finished ones), then write the report."""
+    from icdcoder.evaluation import compare_runs
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare_data(cfg.data, out)
+    tiny = _shared_tiny_lm(cfg, data_dir, out, log)
+    split = cfg.eval_splits[-1]
+    rows: dict[str, dict[str, Any]] = {}
+    run_dirs = []
+    for r in cfg.runs:
+        if only and r.name not in only:
+            continue
+        params = dict(r.params)
+        init = params.get("init_from")
+        if isinstance(init, str) and "/" not in init:
+            params["init_from"] = str(out / init / "model")
+        if r.coder in GENERATIVE and tiny is not None and params.get("model", "tiny") == "tiny":
+            params["model"] = str(tiny)
+        exp = ExperimentConfig(name=r.name, seed=cfg.seed, data={"path": str(data_dir)},
+                               coder={"name": r.coder, "params": params}, threshold={"per_code": r.per_code_threshold},
+                               eval_splits=cfg.eval_splits, output=str(out / r.name))
+        log(f"== {r.name} ({r.coder}) ==")
+        start = time.perf_counter()
+        result = run_experiment(exp, log=log)
+        if not is_main_process():
+            continue
+        info = result["info"]
+        pred = info["predict"].get(split, {})
+        rows[r.name] = {"coder": r.coder, "fit_seconds": info.get("fit_seconds"),
+                        "predict_notes_per_second": pred.get("notes_per_second"),
+                        **missed_and_spurious(out / r.name, data_dir, split),
+                        "malformed_answers": (pred.get("generation") or {}).get("malformed"),
+                        "invalid_codes_dropped": (pred.get("generation") or {}).get("invalid_codes"),
+                        "wall_seconds": round(time.perf_counter() - start, 1)}
+        run_dirs.append(out / r.name)
+    if not is_main_process():
+        return {"runs": {}, "report": {}}
+    extra = {k: [rows[d.name][k] for d in run_dirs] for k in
+             ("fit_seconds", "predict_notes_per_second", "gold_missed", "spurious", "malformed_answers",
+              "invalid_codes_dropped")}
+    report = compare_runs(run_dirs, out / "report", n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
+                          extra_rows=extra, title=f"Study: {cfg.name}")
+    write_json(out / "report" / "study.json", {"config": cfg.model_dump(), "runs": rows,
+                                               "significance": report["significance"]})
+    return {"runs": rows, "report": report}

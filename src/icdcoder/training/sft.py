@@ -1,0 +1,32 @@
+"""Supervised fine-tuning with TRL: prompt-completion pairs, loss on the answer only, LoRA or full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from icdcoder.training.trl_common import TrainSettings, base_args, finish, last_checkpoint
+
+
+def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSettings, output_dir: str | Path, *,
+            seed: int = 13, max_length: int = 2048) -> tuple[Any, dict[str, Any]]:
+    """Train on ``rows`` of ``{"prompt": messages, "completion": [assistant message]}``.
+
+    TRL's prompt-completion format masks the prompt out of the loss (``completion_only_loss``), so
+    the model learns to write the answer, not to reproduce notes. Resumes from the newest checkpoint
+    in ``output_dir`` when one exists. Returns the trained model and a summary of the run.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = base_args(settings, output_dir, seed)
+    args.setdefault("max_length", max_length)
+    args.setdefault("completion_only_loss", True)
+    trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(list(rows)),
+                         processing_class=tokenizer, peft_config=settings.lora.peft_config())
+    resume = last_checkpoint(output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    model, info = finish(trainer, settings.lora)
+    info["resumed_from"] = resume
+    info["examples"] = len(rows)
+    return model, info

@@ -1,0 +1,182 @@
+"""The trained generative coders: SFT, GRPO and PHI, each under the common coder interface.
+
+Each stage starts from ``init_from`` (the previous stage's saved coder) when given, and otherwise
+runs the earlier stages itself first, so one config can train the whole chain. Every stage writes
+a ``final`` model under ``checkpoint_dir/<stage>`` when it finishes: re-running after a crash skips
+finished stages and resumes an unfinished one from its newest TRL checkpoint.
+
+Parameters on top of :class:`~icdcoder.coders.generative.coder.GenerativeCoder`'s::
+
+    sft:  {epochs, batch_size, lr, lora: {r, alpha, ...}, trainer_args: {...}}       # TrainSettings
+    grpo: {num_generations, max_completion_length, temperature, beta, rewards: {f1: 1.0, format: 0.1},
+           max_notes, epochs, batch_size, lr, lora, trainer_args}                       # GRPOSettings
+    phi:  {rounds, hint_prob, max_hint_codes, max_notes_per_round, grpo: {...}}        # PhiSettings
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from icdcoder.coders.base import register
+from icdcoder.coders.generative.coder import GenerativeCoder
+from icdcoder.data.note import Note
+from icdcoder.errors import IcdcoderError
+from icdcoder.training import rewards as R
+from icdcoder.training.grpo import GRPOSettings, run_grpo
+from icdcoder.training.phi import PhiSettings, build_round, code_recall, code_weights, missed_codes
+from icdcoder.training.sft import run_sft
+from icdcoder.training.trl_common import TrainSettings
+
+
+def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[list[Callable], list[float]]:
+    """Reward terms named in a config (``{name: weight}``) as plain functions plus their weights.
+
+    ``f1`` (sample-level F1 against the gold set), ``fbeta:B``, ``weighted_f1`` (codes weighted by
+    1/sqrt(training frequency)), ``format`` (one clean answer block), ``invalid`` (penalty per code
+    outside the valid set).
+    """
+    funcs, weights = [], []
+    for name, w in spec.items():
+        if name == "f1":
+            f = R.f1_reward
+        elif name.startswith("fbeta:"):
+            f = R.fbeta_reward(float(name.split(":", 1)[1]))
+        elif name == "weighted_f1":
+            f = R.weighted_f1_reward({c: 1 / max(n, 1) ** 0.5 for c, n in coder.label_space.items()})
+        elif name == "format":
+            f = R.format_reward
+        elif name == "invalid":
+            valid = coder.validity()
+            f = R.invalid_code_penalty(valid if valid is not None else _ontology_valid(coder.prompt_cfg.system))
+        else:
+            raise IcdcoderError(f"unknown reward {name!r}; known: f1, fbeta:B, weighted_f1, format, invalid")
+        funcs.append(f)
+        weights.append(float(w))
+    return funcs, weights
+
+
+def _ontology_valid(system: str) -> Callable[[str], bool]:
+    from icdcoder.coders.generative.prompts import code_system
+    from icdcoder.ontology import get_ontology
+
+    onto, single = get_ontology(), code_system(system)
+    if single is None:  # mixed label space: valid in any system
+        return lambda c: any(onto.exists(c, s) for s in ("icd9cm", "icd9pcs", "icd10cm", "icd10pcs"))
+    return lambda c: onto.exists(c, single)
+
+
+class _Staged(GenerativeCoder):
+    """Runs stages in order, skipping those with a finished model under ``checkpoint_dir``."""
+
+    stages: tuple[str, ...] = ()
+
+    def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "_Staged":
+        self._prepare(train)
+        todo = self.stages if not self.params.get("init_from") else self.stages[-1:]
+        for stage in todo:
+            final = self._work_dir() / stage / "final"
+            if (final / "config.json").exists():
+                self._log(f"{stage}: finished earlier, reusing {final}")
+                self.lm_path, self._lm, self._backend, self.owns_lm = str(final), None, None, True
+                continue
+            start = time.perf_counter()
+            info = getattr(self, f"_{stage}")(train, self._work_dir() / stage)
+            model, tok = self.lm()
+            model.save_pretrained(final)
+            tok.save_pretrained(final)
+            self.lm_path, self.owns_lm = str(final), True
+            self.history.append({"stage": stage, "seconds": round(time.perf_counter() - start, 2), **info})
+        return self
+
+    def _sft(self, train: Sequence[Note], out: Path) -> dict[str, Any]:
+        settings = TrainSettings.from_dict(self.params.get("sft"))
+        rows = [{"prompt": self.messages(n), "completion": self.answer(n)} for n in train]
+        model, tok = self.lm()
+        self._log(f"SFT on {len(rows):,} notes")
+        model, info = run_sft(model.train(), tok, rows, settings, out, seed=self.seed)
+        self._lm, self._backend = (model, tok), None
+        return info
+
+    def _grpo_rows(self, notes: Sequence[Note], hints: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        hints = hints or {}
+        return [{"prompt": self.messages(n, hint=hints.get(n.id, ())), "gold_codes": list(n.codes)} for n in notes]
+
+    def _grpo_settings(self, extra: dict | None = None) -> GRPOSettings:
+        d = dict(self.params.get("grpo") or {})
+        d.pop("max_notes", None)
+        d.update(extra or {})
+        return GRPOSettings.from_dict(d)
+
+    def _grpo(self, train: Sequence[Note], out: Path) -> dict[str, Any]:
+        settings = self._grpo_settings()
+        notes = list(train)
+        cap = (self.params.get("grpo") or {}).get("max_notes")
+        if cap is not None and cap < len(notes):
+            notes = random.Random(self.seed).sample(notes, int(cap))
+        funcs, weights = reward_functions(settings.rewards, self)
+        model, tok = self.lm()
+        self._log(f"GRPO on {len(notes):,} notes, {settings.num_generations} answers each")
+        model, info = run_grpo(model.train(), tok, self._grpo_rows(notes), settings, out, funcs, weights,
+                               seed=self.seed)
+        self._lm, self._backend = (model, tok), None
+        return info
+
+    def _phi(self, train: Sequence[Note], out: Path) -> dict[str, Any]:
+        phi = dict(self.params.get("phi") or {})
+        grpo_over = phi.pop("grpo", {})
+        settings = PhiSettings(**phi)
+        by_id = {n.id: n for n in train}
+        gold = {n.id: list(n.codes) for n in train}
+        rng = random.Random(self.seed)
+        rounds = []
+        for r in range(1, settings.rounds + 1):
+            sets, _ = self.generate_sets(train, exclude_self=True)  # hint-free, greedy
+            predicted = {n.id: s[0] for n, s in zip(train, sets)}
+            missed = missed_codes(gold, predicted)
+            recall = code_recall(gold, predicted)
+            weights = code_weights(self.label_space, recall, floor=settings.recall_floor, cap=settings.cap)
+            pool = build_round(missed, weights, rng, settings)
+            n_missed = sum(len(v) for v in missed.values())
+            stat = {"round": r, "notes_missing": len(missed), "codes_missed": n_missed, "pool": len(pool),
+                    "hinted": sum(bool(h) for _, h in pool)}
+            rounds.append(stat)
+            self._log(f"PHI round {r}: {len(missed):,} notes still miss {n_missed:,} gold codes; "
+                      f"training on {len(pool):,} ({stat['hinted']:,} with hints)")
+            if not pool:
+                break
+            settings_r = self._grpo_settings({"epochs": 1.0, "max_steps": -1, **grpo_over})
+            funcs, wts = reward_functions(settings_r.rewards, self)
+            rows = self._grpo_rows([by_id[i] for i, _ in pool], {i: h for i, h in pool if h})
+            model, tok = self.lm()
+            model, info = run_grpo(model.train(), tok, rows, settings_r, out / f"round-{r}", funcs, wts,
+                                   seed=self.seed + r)
+            self._lm, self._backend = (model, tok), None
+            stat["global_step"] = info["global_step"]
+        return {"rounds": rounds}
+
+
+@register("llm_sft")
+class SFTCoder(_Staged):
+    """Supervised fine-tuning on (note, gold answer) pairs."""
+
+    stages = ("sft",)
+    stage_options = ("sft",)
+
+
+@register("llm_grpo")
+class GRPOCoder(_Staged):
+    """SFT, then GRPO with set-level rewards."""
+
+    stages = ("sft", "grpo")
+    stage_options = ("sft", "grpo")
+
+
+@register("llm_phi")
+class PhiCoder(_Staged):
+    """SFT, GRPO, then the PHI missed-code curriculum."""
+
+    stages = ("sft", "grpo", "phi")
+    stage_options = ("sft", "grpo", "phi")

@@ -55,7 +55,7 @@ def main() -> None:
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         backend = HFBackend(model, tok, batch_size=bs, progress=False)
-        backend.generate(prompts[:2], Sampling(max_new_tokens=4))  # warm-up
+        backend.generate(prompts[:2], Sampling(max_new_tokens=args.new_tokens))  # warm-up
         backend.generated_tokens = 0
         start = time.perf_counter()
         backend.generate(prompts, Sampling(max_new_tokens=args.new_tokens))

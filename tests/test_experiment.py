@@ -119,3 +119,31 @@ def test_runner_gives_checkpointing_coders_a_checkpoint_dir_and_the_seed(tmp_pat
                                            "output": str(tmp_path / "probe"), "eval_splits": ["test"]})
     run_experiment(cfg, log=lambda m: None)
     assert seen == {"checkpoint_dir": str(tmp_path / "probe" / "checkpoints"), "seed": 7}
+
+
+def test_changed_coder_config_refits_and_clears_checkpoints(tmp_path):
+    from icdcoder.experiment import ExperimentConfig, run_experiment
+
+    data = {"synth": {"n_train": 30, "n_val": 10, "n_test": 10, "seed": 2}}
+    cfg = ExperimentConfig(name="t", data=data, coder={"name": "tfidf", "params": {"C": 1.0}},
+                           output=str(tmp_path / "run"), eval_splits=["test"])
+    logs: list[str] = []
+    run_experiment(cfg, log=logs.append)
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / "checkpoints" / "stale").write_text("x")
+    run_experiment(cfg, log=logs.append)
+    assert any("reusing" in m for m in logs) and (tmp_path / "run" / "checkpoints" / "stale").exists()
+    logs.clear()
+    changed = cfg.model_copy(update={"coder": {"name": "tfidf", "params": {"C": 2.0}}})
+    changed = ExperimentConfig.model_validate(changed.model_dump())
+    run_experiment(changed, log=logs.append)
+    assert any("changed since it was fitted" in m for m in logs) and not any("reusing" in m for m in logs)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["status"] == "done" and run_json["config"]["coder"]["params"] == {"C": 2.0}
+    # a fit that died leaves status "fitting": the next run fits again instead of reusing model/
+    run_json["status"] = "fitting"
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run_json))
+    logs.clear()
+    run_experiment(changed, log=logs.append)
+    assert not any("reusing" in m for m in logs)

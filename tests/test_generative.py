@@ -182,3 +182,61 @@ def test_parser_feeds_rewards_and_validity(corpus, sft_dir):
     code = next(iter(coder.label_space))
     p = parse_answer(f"<code>{code}, Q99.99</code>", valid=coder.validity())
     assert p.codes == [code] and p.invalid == ["Q99.99"]
+
+
+def test_tiny_lm_codes_are_single_tokens_and_extra_text_is_pretrained_on(corpus, tmp_path):
+    from icdcoder.coders.generative.backends import load_causal_lm, load_tokenizer
+    from icdcoder.coders.generative.tiny import TinyConfig, build_tiny_lm
+
+    train, _ = corpus
+    extra = tmp_path / "background"
+    extra.mkdir()
+    for i in range(3):
+        (extra / f"{i}.txt").write_text("The patient was admitted with chest pain and discharged home. " * 20)
+    out = build_tiny_lm(train, tmp_path / "lm", TinyConfig(**{**TINY, "pretrain_files": [str(extra)]}),
+                        log=lambda m: None)
+    meta = json.loads((out / "tiny_lm.json").read_text())
+    assert meta["pretrain"]["steps"] == TINY["pretrain_steps"] and meta["pretrain"]["final_loss"] > 0
+    tok, model = load_tokenizer(out), load_causal_lm(out)
+    for code in {c for n in train for c in n.codes}:
+        assert tok.tokenize(code) == [code]
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>\nhi<|end|>\n<|assistant|>\n"
+    assert model.config.vocab_size == len(tok)
+
+
+def test_prompting_a_named_openai_compatible_endpoint(corpus):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "<code>I10, i509</code>"}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        train, test = corpus
+        coder = coder_class("llm_prompt")(model="hosted-model", prompt=PROMPT, generation={
+            "backend": "openai", "base_url": f"http://127.0.0.1:{server.server_port}/v1", "max_new_tokens": 20})
+        coder.fit(train)  # nothing to build: the model lives behind the endpoint
+        preds = coder.predict(test[:2])
+    finally:
+        server.shutdown()
+    assert [[c.code for c in p.codes] for p in preds] == [["I10", "I50.9"]] * 2
+    assert seen[0]["model"] == "hosted-model" and seen[0]["messages"][-1]["content"].startswith("Note:")
+    with pytest.raises(Exception, match="base_url"):
+        coder_class("llm_prompt")(model="m", generation={"backend": "openai"}).backend()

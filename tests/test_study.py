@@ -51,3 +51,15 @@ def test_duplicate_run_names_are_refused(tmp_path):
     p = _write(tmp_path, [{"name": "a", "coder": "tfidf"}, {"name": "a", "coder": "tfidf"}])
     with pytest.raises(DataError, match="appears twice"):
         StudyConfig.from_yaml(p)
+
+
+def test_study_cli_names_the_bad_field_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndata: {synth: {}}\noutput: o\nruns:\n  - {name: a, coder: tfidf, parms: {}}\n")
+    r = subprocess.run([sys.executable, "-m", "icdcoder.cli", "study", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "bad.yaml" in r.stdout + r.stderr and "parms" in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -154,12 +155,20 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     model_dir = run_dir / "model"
     info: dict[str, Any] = {"config": cfg.model_dump(), "data_dir": str(data_dir.resolve())}
 
-    if (model_dir / "coder.json").exists() and not force:
+    previous = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
+    changed = bool(previous) and previous.get("config", {}).get("coder") != info["config"]["coder"]
+    if changed or force:
+        # a different coder config (or --force) must not reuse the old model or the old checkpoints
+        if changed:
+            log(f"the coder config of {run_dir} changed since it was fitted; fitting again")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    unfinished = previous.get("status") == "fitting"  # the last fit died: model/ (if any) is an older one
+    if (model_dir / "coder.json").exists() and not (force or changed or unfinished):
         log(f"reusing the fitted coder in {model_dir}")
         coder = Coder.load(model_dir)
-        previous = run_dir / "run.json"
-        if previous.exists():  # keep the fit time measured when it was fitted
-            info["fit_seconds"] = json.loads(previous.read_text(encoding="utf-8")).get("fit_seconds")
+        info["fit_seconds"] = previous.get("fit_seconds")  # keep the fit time measured when it was fitted
+        if previous.get("training"):
+            info["training"] = previous["training"]
     else:
         cls = coder_class(cfg.coder.name)
         params = dict(cfg.coder.params)
@@ -169,6 +178,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         if "seed" in accepts:
             params.setdefault("seed", cfg.seed)
         coder = cls(**params)
+        write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
         val = ds["val"] if "val" in ds else None
         log(f"fitting {cfg.coder.name} on {len(ds['train']):,} notes" + (f", tuning on {len(val):,}" if val else ""))
         start = time.perf_counter()
@@ -181,6 +191,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         if not is_main_process():
             return {"metrics": {}, "info": info}
         coder.save(model_dir)
+        write_json(run_dir / "run.json", {**info, "status": "fitted"})  # predicting may fail; the fit is kept
     write_json(run_dir / "threshold.json", {"threshold": coder.threshold,
                                             "per_code_thresholds": coder.per_code_thresholds})
     info["predict"] = {}
@@ -209,6 +220,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
             fh.write((run_dir / f"predictions-{splits[-1]}.jsonl").read_bytes())
         metrics["pred_path"] = str((run_dir / "predictions.jsonl").resolve())
         write_json(run_dir / "metrics.json", metrics)
+    info["status"] = "done"
     write_json(run_dir / "run.json", info)
     return {"metrics": metrics, "info": info}
 

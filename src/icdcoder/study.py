@@ -124,9 +124,9 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
         params = dict(r.params)
         init = params.get("init_from")
         if isinstance(init, str) and "/" not in init:
-            params["init_from"] = str(out / init / "model")
+            params["init_from"] = str((out / init / "model").resolve())
         if r.coder in GENERATIVE and tiny is not None and params.get("model", "tiny") == "tiny":
-            params["model"] = str(tiny)
+            params["model"] = str(tiny.resolve())
         exp = ExperimentConfig(name=r.name, seed=cfg.seed, data={"path": str(data_dir)},
                                coder={"name": r.coder, "params": params}, threshold={"per_code": r.per_code_threshold},
                                eval_splits=cfg.eval_splits, output=str(out / r.name))

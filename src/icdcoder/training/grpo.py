@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, finish, last_checkpoint
+from icdcoder.training.trl_common import TrainSettings, base_args, train
 
 
 @dataclass
@@ -25,14 +25,6 @@ class GRPOSettings(TrainSettings):
     top_p: float = 1.0
     beta: float = 0.0
     rewards: dict[str, float] = field(default_factory=lambda: {"f1": 1.0})
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "GRPOSettings":
-        from icdcoder.training.trl_common import LoraSettings
-
-        d = dict(d or {})
-        lora = LoraSettings(**d.pop("lora", {}) or {})
-        return cls(lora=lora, **d)
 
 
 def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSettings, output_dir: str | Path,
@@ -54,9 +46,4 @@ def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSet
     trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=GRPOConfig(**args),
                           train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
                           peft_config=settings.lora.peft_config())
-    resume = last_checkpoint(output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-    model, info = finish(trainer, settings.lora)
-    info["resumed_from"] = resume
-    info["examples"] = len(rows)
-    return model, info
+    return train(trainer, settings, output_dir, len(rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, finish, last_checkpoint
+from icdcoder.training.trl_common import TrainSettings, base_args, train
 
 
 def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSettings, output_dir: str | Path, *,
@@ -24,9 +24,4 @@ def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSet
     args.setdefault("completion_only_loss", True)
     trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(list(rows)),
                          processing_class=tokenizer, peft_config=settings.lora.peft_config())
-    resume = last_checkpoint(output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-    model, info = finish(trainer, settings.lora)
-    info["resumed_from"] = resume
-    info["examples"] = len(rows)
-    return model, info
+    return train(trainer, settings, output_dir, len(rows))

@@ -48,7 +48,7 @@ class TrainSettings:
     trainer_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainSettings":
+    def from_dict(cls, d: dict[str, Any] | None):
         d = dict(d or {})
         lora = LoraSettings(**d.pop("lora", {}) or {})
         return cls(lora=lora, **d)
@@ -78,11 +78,15 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
-def finish(trainer, lora: LoraSettings):
-    """The trained model, LoRA adapters merged when asked; training logs for the run record."""
+def train(trainer, settings: TrainSettings, output_dir: str | Path, n_examples: int):
+    """Run a TRL trainer, resuming from the newest checkpoint in ``output_dir``; return the model
+    (LoRA adapters merged when asked) and a record of the run (steps, last logs, resume point)."""
+    resume = last_checkpoint(output_dir)
+    trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
-    if lora.r > 0 and lora.merge and hasattr(model, "merge_and_unload"):
+    if settings.lora.r > 0 and settings.lora.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
     logs = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
-    return model, {"global_step": trainer.state.global_step, "log": logs[-20:]}
+    return model, {"global_step": trainer.state.global_step, "log": logs[-20:], "resumed_from": resume,
+                   "examples": n_examples}

@@ -103,6 +103,8 @@ class GenerativeCoder(Coder):
             self.owns_lm = True
         else:
             self.lm_path = str(self.params["model"])
+            # a tiny LM built by icdcoder (a few MB) travels with the coder; a named model stays a reference
+            self.owns_lm = (Path(self.lm_path) / "tiny_lm.json").exists()
 
     def _work_dir(self) -> Path:
         if self.checkpoint_dir:

@@ -140,10 +140,13 @@ class GenerativeCoder(Coder):
                 model, tok = self.lm()
                 factory = None
                 if self.gen["constrained"]:
+                    from transformers import LogitsProcessorList
+
                     from icdcoder.coders.generative.constrained import constrained_processor
 
-                    codes = sorted(self.label_space)
-                    factory = lambda width: constrained_processor(tok, codes, width)  # noqa: E731
+                    # vocabulary tables are built once; each batch only sets its prompt width
+                    proc = constrained_processor(tok, sorted(self.label_space), 0)[0]
+                    factory = lambda width: LogitsProcessorList([proc.with_prompt_length(width)])  # noqa: E731
                 self._backend = HFBackend(model, tok, batch_size=self.gen["batch_size"], logits_processor=factory)
             elif kind == "vllm":
                 from icdcoder.coders.generative.vllm_backend import VLLMBackend

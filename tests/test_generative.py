@@ -87,7 +87,8 @@ def test_sft_resumes_from_its_newest_checkpoint(corpus, tmp_path):
     # a finished stage is reused, not trained again
     third = coder_class("llm_sft")(tiny=TINY, prompt=PROMPT, generation=GEN, sft=SFT, checkpoint_dir=str(ck))
     third.fit(train)
-    assert [h["stage"] for h in third.history] == ["tiny_lm"]
+    assert [h["stage"] for h in third.history] == ["tiny_lm", "sft"]
+    assert third.history[-1]["reused"] and third.history[-1]["global_step"] == 4
 
 
 def test_grpo_from_sft_logs_rewards(corpus, sft_dir, tmp_path):
@@ -240,3 +241,17 @@ def test_prompting_a_named_openai_compatible_endpoint(corpus):
     assert seen[0]["model"] == "hosted-model" and seen[0]["messages"][-1]["content"].startswith("Note:")
     with pytest.raises(Exception, match="base_url"):
         coder_class("llm_prompt")(model="m", generation={"backend": "openai"}).backend()
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_sft_saves_merged_weights_or_an_adapter_that_loads_back(corpus, tmp_path, merge):
+    pytest.importorskip("peft")
+    train, test = corpus
+    coder = coder_class("llm_sft")(tiny=TINY, prompt=PROMPT, generation=GEN, checkpoint_dir=str(tmp_path / "ck"),
+                                   sft={**SFT, "max_steps": 2, "lora": {"r": 4, "alpha": 8, "merge": merge}})
+    coder.fit(train)
+    coder.save(tmp_path / "m")
+    assert (tmp_path / "m" / "lm" / "adapter_config.json").exists() is (not merge)
+    a = [p.model_dump() for p in coder.predict(test)]
+    again = Coder.load(tmp_path / "m")
+    assert [p.model_dump() for p in again.predict(test)] == a

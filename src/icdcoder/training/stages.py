@@ -15,6 +15,7 @@ Parameters on top of :class:`~icdcoder.coders.generative.coder.GenerativeCoder`'
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from icdcoder.coders.base import register
 from icdcoder.coders.generative.coder import GenerativeCoder
 from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
+from icdcoder.io import write_json
 from icdcoder.training import rewards as R
 from icdcoder.training.grpo import GRPOSettings, run_grpo
 from icdcoder.training.phi import PhiSettings, build_round, code_recall, code_weights, missed_codes
@@ -78,9 +80,11 @@ class _Staged(GenerativeCoder):
         todo = self.stages if not self.params.get("init_from") else self.stages[-1:]
         for stage in todo:
             final = self._work_dir() / stage / "final"
-            if (final / "config.json").exists():
+            record = final / "stage.json"
+            if record.exists():  # written last: the stage finished
                 self._log(f"{stage}: finished earlier, reusing {final}")
                 self.lm_path, self._lm, self._backend, self.owns_lm = str(final), None, None, True
+                self.history.append({**json.loads(record.read_text(encoding="utf-8")), "reused": True})
                 continue
             start = time.perf_counter()
             info = getattr(self, f"_{stage}")(train, self._work_dir() / stage)
@@ -89,6 +93,7 @@ class _Staged(GenerativeCoder):
             tok.save_pretrained(final)
             self.lm_path, self.owns_lm = str(final), True
             self.history.append({"stage": stage, "seconds": round(time.perf_counter() - start, 2), **info})
+            write_json(record, self.history[-1])
         return self
 
     def _sft(self, train: Sequence[Note], out: Path) -> dict[str, Any]:

@@ -76,6 +76,9 @@ def load_causal_lm(path: str | Path, *, adapter: str | Path | None = None, merge
     import torch
     from transformers import AutoModelForCausalLM
 
+    adapter_cfg = Path(path) / "adapter_config.json"
+    if adapter is None and adapter_cfg.exists():  # a saved LoRA adapter (lora.merge: false): load its base
+        adapter, path = path, json.loads(adapter_cfg.read_text(encoding="utf-8"))["base_model_name_or_path"]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)

@@ -12,6 +12,7 @@ from icdcoder.coders import Coder, coder_class  # noqa: E402
 from icdcoder.coders.generative.answer import parse_answer  # noqa: E402
 from icdcoder.coders.generative.backends import HFBackend, Sampling  # noqa: E402
 from icdcoder.data.synth import SynthConfig, generate_synthetic  # noqa: E402
+from tests.test_remote_backends import fake_vllm  # noqa: E402,F401  (fixture)
 
 TINY = {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "kv_heads": 1,
         "max_positions": 512, "pretrain_steps": 5, "pretrain_block": 64}
@@ -255,3 +256,14 @@ def test_lora_sft_saves_merged_weights_or_an_adapter_that_loads_back(corpus, tmp
     a = [p.model_dump() for p in coder.predict(test)]
     again = Coder.load(tmp_path / "m")
     assert [p.model_dump() for p in again.predict(test)] == a
+
+
+def test_vllm_backend_serves_an_unmerged_adapter_through_its_base(tmp_path, fake_vllm):
+    coder = coder_class("llm_prompt")(model="unused", generation={"backend": "vllm"})
+    adapter = tmp_path / "lm"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base", "r": 8}))
+    coder.lm_path = str(adapter)
+    coder.backend()
+    engine = fake_vllm.calls["engine"]
+    assert engine["model"] == "org/base" and engine["enable_lora"] is True

@@ -151,7 +151,12 @@ class GenerativeCoder(Coder):
             elif kind == "vllm":
                 from icdcoder.coders.generative.vllm_backend import VLLMBackend
 
-                self._backend = VLLMBackend(self.lm_path, seed=self.seed)
+                adapter = Path(self.lm_path) / "adapter_config.json"
+                if adapter.exists():  # an unmerged LoRA adapter: vLLM serves its base through it
+                    base = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
+                    self._backend = VLLMBackend(base, lora_path=self.lm_path, seed=self.seed)
+                else:
+                    self._backend = VLLMBackend(self.lm_path, seed=self.seed)
             elif kind == "openai":
                 from icdcoder.coders.generative.remote import OpenAIBackend
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from icdcoder.experiment import (DataConfig, ExperimentConfig, is_main_process, load_yaml_config, prepare_data,
                                  run_experiment)
+from icdcoder.data.note import Note
 from icdcoder.io import write_json
 
 GENERATIVE = ("llm_prompt", "llm_sft", "llm_grpo", "llm_phi")
@@ -89,12 +90,10 @@ def _shared_tiny_lm(cfg: StudyConfig, data_dir: Path, out: Path, log: Callable[[
     return folder
 
 
-def missed_and_spurious(run_dir: Path, data_dir: Path, split: str) -> dict[str, int]:
+def missed_and_spurious(run_dir: Path, gold: Sequence[Note], split: str) -> dict[str, int]:
     """Gold codes missed and codes predicted wrongly, at the run's own threshold(s)."""
-    from icdcoder.evaluation.protocol import load_gold
     from icdcoder.prediction import read_predictions
 
-    gold, _ = load_gold(data_dir, split)
     th = json.loads((run_dir / "threshold.json").read_text(encoding="utf-8"))
     per_code, t = th.get("per_code_thresholds", {}), float(th.get("threshold", 0.5))
     preds = {p.id: {c.code for c in p.codes if c.score >= per_code.get(c.code, t)}
@@ -110,12 +109,14 @@ def missed_and_spurious(run_dir: Path, data_dir: Path, split: str) -> dict[str, 
 def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate every run in order (reusing finished ones), then write the report."""
     from icdcoder.evaluation import compare_runs
+    from icdcoder.evaluation.protocol import load_gold
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(cfg.data, out)
     tiny = _shared_tiny_lm(cfg, data_dir, out, log)
     split = cfg.eval_splits[-1]
+    gold = load_gold(data_dir, split)[0]  # read once: every run's missed/spurious counts use it
     rows: dict[str, dict[str, Any]] = {}
     run_dirs = []
     for r in cfg.runs:
@@ -139,7 +140,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
         pred = info["predict"].get(split, {})
         rows[r.name] = {"coder": r.coder, "fit_seconds": info.get("fit_seconds"),
                         "predict_notes_per_second": pred.get("notes_per_second"),
-                        **missed_and_spurious(out / r.name, data_dir, split),
+                        **missed_and_spurious(out / r.name, gold, split),
                         "malformed_answers": (pred.get("generation") or {}).get("malformed"),
                         "invalid_codes_dropped": (pred.get("generation") or {}).get("invalid_codes"),
                         "wall_seconds": round(time.perf_counter() - start, 1)}

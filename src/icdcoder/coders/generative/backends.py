@@ -128,8 +128,8 @@ class HFBackend(Backend):
         from tqdm.auto import tqdm
 
         texts = [self.render(m) for m in prompts]
-        lengths = [self.count_tokens(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # similar lengths share a batch
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # tokenized once, padded per batch
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
         out: list[list[str]] = [[] for _ in texts]
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
@@ -140,8 +140,7 @@ class HFBackend(Backend):
         try:
             for s in range(0, len(order), step):
                 idx = order[s:s + step]
-                enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(self.model.device)
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(self.model.device)
                 width = enc["input_ids"].shape[1]
                 kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
                                               pad_token_id=self.tokenizer.pad_token_id,

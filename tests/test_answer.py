@@ -79,6 +79,24 @@ def test_evidence_after_bar_is_ignored_not_junk():
     assert parsed.problems == [] and not parsed.malformed
 
 
+def test_evidence_after_bar_is_kept_per_code():
+    text = '<code>I10 | "history of hypertension, on lisinopril"; E11.9 | poorly controlled DM; I50.9; I10 | "HTN"</code>'
+    parsed = parse(text)
+    assert parsed.codes == ["I10", "E11.9", "I50.9"]
+    assert parsed.evidence == {"I10": ["history of hypertension, on lisinopril", "HTN"],
+                               "E11.9": ["poorly controlled DM"]}
+    # invalid codes keep no evidence
+    assert parse('<code>Q99.99 | "made up"</code>', valid={"I10"}).evidence == {}
+
+
+def test_format_answer_with_evidence_round_trips():
+    text = format_answer(["I10", "e119", "I50.9"], evidence={"I10": 'known "HTN"\n on meds', "e119": "DM2"})
+    assert text == '<code>E11.9 | "DM2"; I10 | "known \'HTN\' on meds"; I50.9</code>'
+    parsed = parse(text)
+    assert parsed.codes == ["E11.9", "I10", "I50.9"] and parsed.problems == []
+    assert parsed.evidence == {"E11.9": ["DM2"], "I10": ["known 'HTN' on meds"]}
+
+
 def test_bar_between_codes_separates_codes():
     assert parse("<code>I10|E11.9 | I50.9</code>").codes == ["I10", "E11.9", "I50.9"]
 

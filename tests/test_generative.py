@@ -267,3 +267,102 @@ def test_vllm_backend_serves_an_unmerged_adapter_through_its_base(tmp_path, fake
     coder.backend()
     engine = fake_vllm.calls["engine"]
     assert engine["model"] == "org/base" and engine["enable_lora"] is True
+
+
+class _FixedAnswers:
+    """A back-end stand-in that answers every prompt with the same text."""
+
+    def __init__(self, text):
+        self.text, self.prompts = text, []
+
+    def generate(self, prompts, sampling):
+        self.prompts.extend(prompts)
+        return [[self.text] * sampling.n for _ in prompts]
+
+    def token_offsets(self, text):
+        return [(i, min(i + 4, len(text))) for i in range(0, len(text), 4)]
+
+
+def test_evidence_mode_quotes_gold_spans_and_grounds_answers_in_the_note(corpus):
+    from icdcoder.data.note import Note
+
+    train, _ = corpus
+    coder = coder_class("llm_prompt")(tiny=TINY, prompt=PROMPT, generation=GEN, valid_codes="any", evidence={})
+    # SFT targets quote each code's first gold span
+    n = next(x for x in train if x.spans)
+    target = coder.answer(n)[0]["content"]
+    sp = n.spans[0]
+    assert f'{sp.code} | "' in target and " ".join(n.text[sp.start:sp.end].split())[:40] in target
+    note = Note(id="q", text="HPI: long-standing essential hypertension.\nPMH: Type 2 diabetes, on metformin.",
+                codes=[])
+    coder._backend = _FixedAnswers('<code>I10 | "essential hypertension"; E11.9 | "type 2 diabetis"; '
+                                   'J18.9 | "lobar pneumonia"; I50.9</code>')
+    coder.label_space = {"I10": 1}
+    pred = coder.predict([note])[0]
+    assert "quote" in coder.messages(note)[0]["content"]  # the instruction asks for quotes
+    by = {c.code: c for c in pred.codes}
+    assert [(e.start, e.end) for e in by["I10"].evidence] == [(19, 41)] and by["I10"].flags == []
+    assert note.text[by["E11.9"].evidence[0].start:by["E11.9"].evidence[0].end] == "Type 2 diabetes"
+    assert by["E11.9"].flags == ["evidence_fuzzy"]
+    assert by["J18.9"].evidence == [] and by["J18.9"].flags == ["evidence_not_found"]
+    assert by["I50.9"].flags == ["evidence_missing"]
+    stats = coder.last_predict_stats
+    assert (stats["quotes_exact"], stats["quotes_fuzzy"], stats["quotes_absent"]) == (1, 1, 1)
+    # drop_unsupported keeps only codes whose evidence was found
+    strict = coder_class("llm_prompt")(tiny=TINY, prompt=PROMPT, generation=GEN, valid_codes="any",
+                                       evidence={"drop_unsupported": True})
+    strict._backend, strict.label_space = coder._backend, coder.label_space
+    assert [c.code for c in strict.predict([note])[0].codes] == ["I10", "E11.9"]
+    assert strict.last_predict_stats["codes_dropped_unsupported"] == 2
+    with pytest.raises(Exception, match="unknown evidence options"):
+        coder_class("llm_prompt")(evidence={"quote": True})
+
+
+def test_evidence_reward_reads_the_note_column():
+    from icdcoder.training.rewards import evidence_reward
+
+    notes = ["Known essential hypertension.", "Known essential hypertension."]
+    out = evidence_reward(None, ['<code>I10 | "essential hypertension"; E11.9 | "diabetes"</code>', "<code></code>"],
+                          note_text=notes)
+    assert out == [0.5, 0.0]
+    with pytest.raises(TypeError, match="note_text"):
+        evidence_reward(None, ["<code>I10</code>"])
+
+
+def test_study_code_centric_row_is_compared_with_its_document_only_twin(tmp_path):
+    from icdcoder.study import StudyConfig, run_study
+
+    sft = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "save_steps": 100, "logging_steps": 1}  # every example once
+    params = {"prompt": PROMPT, "generation": {**GEN, "max_new_tokens": 32}, "sft": sft, "evidence": {}}
+    cfg = StudyConfig.model_validate({
+        "name": "cc", "seed": 3, "output": str(tmp_path / "study"),
+        "data": {"synth": {"n_train": 40, "n_val": 8, "n_test": 8, "seed": 3}},
+        "tiny": TINY, "bootstrap_resamples": 50,
+        "runs": [
+            {"name": "sft", "coder": "llm_sft", "params": params},
+            {"name": "tfidf", "coder": "tfidf", "params": {"C": 1.0}},
+            {"name": "sft_cc", "coder": "llm_sft", "params": params, "compare_to": "sft",
+             "code_centric": {"span_ratio": 0.5}},
+        ]})
+    result = run_study(cfg, log=lambda m: None)
+    assert result["runs"]["sft"]["train_examples"] == 40 and result["runs"]["sft_cc"]["train_examples"] == 80
+    assert result["runs"]["sft_cc"]["training_tokens"] > result["runs"]["sft"]["training_tokens"] > 0
+    study = json.loads((tmp_path / "study" / "report" / "study.json").read_text())
+    assert [(s["a"], s["b"]) for s in study["significance"]] == [("sft", "tfidf"), ("sft", "sft_cc")]
+    report = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "## Evidence" in report and "| unseen_f1 |" in report and "| training_tokens |" in report
+    with pytest.raises(ValueError, match="compare_to"):
+        StudyConfig.model_validate({**cfg.model_dump(), "runs": [{"name": "a", "coder": "tfidf",
+                                                                   "compare_to": "b"}]})
+
+
+def test_lm_paraphrases_through_a_real_backend(sft_dir):
+    from icdcoder.training.spans import SpanExample, backend_generator, lm_paraphrases
+
+    backend = Coder.load(sft_dir / "model").backend()
+    generate = backend_generator(backend, n=2, max_new_tokens=8, seed=1)
+    lines = generate(["essential hypertension", "type 2 diabetes mellitus"])
+    assert len(lines) == 2 and all(isinstance(x, list) and all(isinstance(s, str) for s in x) for x in lines)
+    ex = [SpanExample(text="essential hypertension", code="I10", system="icd10cm", source="description")]
+    out = lm_paraphrases(generate, ex * 2, per_example=1)
+    assert len(out) <= 2 and all(e.source == "lm" and e.code == "I10" and e.text for e in out)

@@ -11,21 +11,47 @@ from icdcoder.study import StudyConfig
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "icdcoder" / "resources" / "study-demo.yaml"
 CONFIGS = sorted((REPO / "configs").glob("study-*.yaml"))
+REAL = sorted((REPO / "configs").glob("study-mimic-*.yaml"))  # the full chain at GPU scale
+CODE_CENTRIC = sorted((REPO / "configs").glob("study-code-centric-*.yaml"))
 
 
 @pytest.mark.parametrize("path", [DEMO, *CONFIGS], ids=lambda p: p.name)
 def test_shipped_study_configs_validate(path):
     cfg = StudyConfig.from_yaml(path)
     assert all(r.coder in BUILTIN for r in cfg.runs)
+
+
+@pytest.mark.parametrize("path", [DEMO, *REAL], ids=lambda p: p.name)
+def test_full_studies_run_every_stage_in_order(path):
+    cfg = StudyConfig.from_yaml(path)
     names = [r.name for r in cfg.runs]
-    assert names[-4:] == ["prompt", "sft", "grpo", "phi"] and names[:2] == ["tfidf", "plm_icd"]
+    assert names[:6] == ["tfidf", "plm_icd", "prompt", "sft", "grpo", "phi"]
     by_name = {r.name: r for r in cfg.runs}
     assert by_name["grpo"].params["init_from"] == "sft" and by_name["phi"].params["init_from"] == "grpo"
 
 
+def test_demo_has_the_code_centric_row_beside_its_document_only_twin():
+    runs = {r.name: r for r in StudyConfig.from_yaml(DEMO).runs}
+    cc, doc = runs["sft_cc"], runs["sft"]
+    assert cc.compare_to == "sft" and cc.code_centric and not doc.code_centric
+    assert cc.params == doc.params and cc.coder == doc.coder  # one factor: the training data
+
+
+@pytest.mark.parametrize("path", CODE_CENTRIC, ids=lambda p: p.name)
+def test_code_centric_studies_change_one_factor_per_pair(path):
+    runs = {r.name: r for r in StudyConfig.from_yaml(path).runs}
+    pairs = [(r.compare_to, r.name) for r in runs.values() if r.code_centric]
+    assert pairs
+    for a, b in pairs:
+        doc, cc = runs[a], runs[b]
+        assert not doc.code_centric and cc.coder == doc.coder
+        differ = {k for k in set(doc.params) | set(cc.params) if doc.params.get(k) != cc.params.get(k)}
+        assert differ <= {"init_from"}  # GRPO twins start from their own SFT twin
+
+
 def test_real_study_configs_use_lora_r8_and_vllm():
-    assert len(CONFIGS) >= 2
-    for path in CONFIGS:
+    assert len(REAL) >= 2
+    for path in REAL:
         runs = {r.name: r.params for r in StudyConfig.from_yaml(path).runs}
         assert runs["sft"]["sft"]["lora"]["r"] == 8
         assert runs["grpo"]["grpo"]["trainer_args"]["use_vllm"] is True

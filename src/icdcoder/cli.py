@@ -258,6 +258,36 @@ def split(
         out.print(f"{name}: {info['n_notes']:,} notes, {info['n_codes']:,} codes")
 
 
+@data_app.command("spans")
+def spans(
+    data_dir: Path = typer.Argument(..., help="A prepared dataset folder (with manifest.json)."),
+    out_path: Path = typer.Option(..., "--out", help="Where to write the span examples (JSONL)."),
+    sources: str = typer.Option("gold,ontology", "--sources", help="Comma-separated: gold (annotated evidence spans of the training notes), ontology (descriptions, inclusion and index terms, rewritten)."),
+    label_space: str = typer.Option("dataset", "--label-space", help="Target codes: dataset (every split's codes), train, or a file with one code per line."),
+    min_examples: int = typer.Option(4, "--min-examples", help="Expansion: rare and unseen target codes get at least this many examples (0: no expansion)."),
+    max_train_count: int = typer.Option(2, "--max-train-count", help="Expansion: codes seen at most this often in training count as rare."),
+    index_file: Optional[Path] = typer.Option(None, "--index-file", help="CMS ICD-10-CM index XML, for index terms."),
+) -> None:
+    """Build the code-centric span data of a dataset (what mixed training draws from) and show its coverage."""
+    from icdcoder.data.store import load_dataset
+    from icdcoder.training.mixing import CodeCentricConfig, build_span_pool
+    from icdcoder.training.spans import write_spans
+
+    cfg = CodeCentricConfig(sources=[s.strip() for s in sources.split(",") if s.strip()], label_space=label_space,
+                            expand={"min_examples": min_examples, "max_train_count": max_train_count}
+                            if min_examples > 0 else None, index_file=str(index_file) if index_file else None)
+    pool, cov = build_span_pool(cfg, load_dataset(data_dir), log=lambda m: out.print(m))
+    n = write_spans(pool, out_path)
+    t = Table(title=f"{n:,} span examples -> {out_path}")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    for k, v in cov["spans_by_source"].items():
+        t.add_row(f"source: {k}", f"{v:,}")
+    for k in ("target_codes", "with_documents", "with_spans", "with_any"):
+        t.add_row(k.replace("_", " "), f"{cov[k]:,}")
+    out.print(t)
+
+
 @data_app.command("stats")
 def stats(
     data_dir: Path = typer.Argument(..., help="A prepared dataset folder (with manifest.json)."),

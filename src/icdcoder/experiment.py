@@ -9,6 +9,7 @@ A config names the data, the coder and its parameters, the seed and the output f
     threshold: {per_code: false}
     eval_splits: [val, test]
     output: runs/tfidf-synth
+    code_centric: {span_ratio: 0.3}       # optional: mix span -> code examples into training
 
 The run folder it writes (each file atomically)::
 
@@ -78,6 +79,16 @@ class ExperimentConfig(BaseModel):
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     eval_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
     output: str
+    # code-centric mixed training (icdcoder.training.mixing.CodeCentricConfig); None: documents only
+    code_centric: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _code_centric(self) -> "ExperimentConfig":
+        if self.code_centric is not None:
+            from icdcoder.training.mixing import CodeCentricConfig
+
+            CodeCentricConfig.model_validate(self.code_centric)  # errors name the field
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
@@ -156,7 +167,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     info: dict[str, Any] = {"config": cfg.model_dump(), "data_dir": str(data_dir.resolve())}
 
     previous = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
-    changed = bool(previous) and previous.get("config", {}).get("coder") != info["config"]["coder"]
+    fit_keys = ("coder", "code_centric")  # what the fitted model depends on
+    changed = bool(previous) and any(previous.get("config", {}).get(k) != info["config"][k] for k in fit_keys)
     if changed or force:
         # a different coder config (or --force) must not reuse the old model or the old checkpoints
         if changed:
@@ -166,9 +178,9 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     if (model_dir / "coder.json").exists() and not (force or changed or unfinished):
         log(f"reusing the fitted coder in {model_dir}")
         coder = Coder.load(model_dir)
-        info["fit_seconds"] = previous.get("fit_seconds")  # keep the fit time measured when it was fitted
-        if previous.get("training"):
-            info["training"] = previous["training"]
+        for k in ("fit_seconds", "training", "train_examples", "training_tokens", "code_centric_data"):
+            if previous.get(k) is not None:  # keep what was measured when it was fitted
+                info[k] = previous[k]
     else:
         cls = coder_class(cfg.coder.name)
         params = dict(cfg.coder.params)
@@ -180,14 +192,22 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         coder = cls(**params)
         write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
         val = ds["val"] if "val" in ds else None
-        log(f"fitting {cfg.coder.name} on {len(ds['train']):,} notes" + (f", tuning on {len(val):,}" if val else ""))
+        train = ds["train"]
+        if cfg.code_centric is not None:
+            from icdcoder.training.mixing import CodeCentricConfig, build_training_set
+
+            cc = CodeCentricConfig.model_validate({"seed": cfg.seed, **cfg.code_centric})
+            train, info["code_centric_data"] = build_training_set(cc, ds, log=log)
+        info["train_examples"] = len(train)
+        log(f"fitting {cfg.coder.name} on {len(train):,} examples" + (f", tuning on {len(val):,}" if val else ""))
         start = time.perf_counter()
-        coder.fit(ds["train"], val)
+        coder.fit(train, val)
         if val and cfg.threshold.per_code:
             coder.tune_threshold(val, per_code=True)
         info["fit_seconds"] = round(time.perf_counter() - start, 3)
         if getattr(coder, "history", None):  # what each training stage did (generative coders)
             info["training"] = coder.history
+        info["training_tokens"] = training_tokens(train, coder)
         if not is_main_process():
             return {"metrics": {}, "info": info}
         coder.save(model_dir)
@@ -223,6 +243,25 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     info["status"] = "done"
     write_json(run_dir / "run.json", info)
     return {"metrics": metrics, "info": info}
+
+
+def training_tokens(train: list, coder: Any) -> int:
+    """Tokens processed in training. LM coders: what TRL counted (``num_tokens``) in the stages of this
+    fit (a prompting coder trains nothing: 0); other coders: whitespace words of the training texts
+    times the epochs (TF-IDF, PLM-ICD)."""
+    history = getattr(coder, "history", None)
+    if history is not None:
+        total = 0
+        for stage in history:
+            if stage.get("inherited"):  # stages of an init_from parent were counted there
+                continue
+            logs = [r for r in stage.get("log", []) if "num_tokens" in r]
+            if logs:
+                total += int(logs[-1]["num_tokens"])
+            total += sum(int(r.get("num_tokens", 0)) for r in stage.get("rounds", []))  # PHI rounds
+        return total
+    epochs = getattr(coder, "params", {}).get("epochs", 1) or 1
+    return int(sum(len(n.text.split()) for n in train) * float(epochs))
 
 
 def _fmt(x: Any) -> str:

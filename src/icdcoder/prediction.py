@@ -32,11 +32,15 @@ class Evidence(BaseModel):
 
 
 class ScoredCode(BaseModel):
+    """One predicted code. ``flags`` say what a checker noticed, e.g. ``evidence_not_found`` (the model's
+    quote is not in the note), ``evidence_fuzzy`` (found only approximately), ``evidence_missing``."""
+
     model_config = ConfigDict(frozen=True)
 
     code: str = Field(min_length=1)
     score: float
     evidence: list[Evidence] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
 
 
 class Prediction(BaseModel):
@@ -83,6 +87,9 @@ def write_predictions(preds: Iterable[Prediction], path: str | Path) -> None:
             rec = p.model_dump(exclude_defaults=False)
             if rec["scored"]:
                 del rec["scored"]
+            for c in rec["codes"]:
+                if not c["flags"]:
+                    del c["flags"]
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 

@@ -15,6 +15,7 @@ spurious code counts, training time and prediction speed. A config::
       - {name: tfidf, coder: tfidf, params: {...}}
       - {name: sft, coder: llm_sft, params: {...}}
       - {name: grpo, coder: llm_grpo, params: {init_from: sft, ...}}   # a run name above -> its model
+      - {name: sft_cc, coder: llm_sft, code_centric: {span_ratio: 0.3}, compare_to: sft, params: {...}}
 
 Each run is an ordinary experiment folder (``OUT/<name>/``: model, predictions, metrics, run.json),
 so re-running the study reuses every finished coder and resumes an interrupted one.
@@ -44,6 +45,8 @@ class StudyRun(BaseModel):
     coder: str
     params: dict[str, Any] = Field(default_factory=dict)
     per_code_threshold: bool = False
+    code_centric: dict[str, Any] | None = None  # mixed span + document training (training.mixing)
+    compare_to: str | None = None  # the run the bootstrap compares this one with (default: the one before)
 
 
 class StudyConfig(BaseModel):
@@ -67,6 +70,8 @@ class StudyConfig(BaseModel):
             init = r.params.get("init_from")
             if isinstance(init, str) and "/" not in init and init not in seen:
                 raise ValueError(f"run {r.name!r}: init_from {init!r} names no earlier run")
+            if r.compare_to is not None and r.compare_to not in seen:
+                raise ValueError(f"run {r.name!r}: compare_to {r.compare_to!r} names no earlier run")
             seen.add(r.name)
         return self
 
@@ -130,7 +135,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
             params["model"] = str(tiny.resolve())
         exp = ExperimentConfig(name=r.name, seed=cfg.seed, data={"path": str(data_dir)},
                                coder={"name": r.coder, "params": params}, threshold={"per_code": r.per_code_threshold},
-                               eval_splits=cfg.eval_splits, output=str(out / r.name))
+                               eval_splits=cfg.eval_splits, output=str(out / r.name), code_centric=r.code_centric)
         log(f"== {r.name} ({r.coder}) ==")
         start = time.perf_counter()
         result = run_experiment(exp, log=log)
@@ -143,15 +148,20 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
                         **missed_and_spurious(out / r.name, gold, split),
                         "malformed_answers": (pred.get("generation") or {}).get("malformed"),
                         "invalid_codes_dropped": (pred.get("generation") or {}).get("invalid_codes"),
+                        "train_examples": info.get("train_examples"), "training_tokens": info.get("training_tokens"),
                         "wall_seconds": round(time.perf_counter() - start, 1)}
         run_dirs.append(out / r.name)
     if not is_main_process():
         return {"runs": {}, "report": {}}
     extra = {k: [rows[d.name][k] for d in run_dirs] for k in
-             ("fit_seconds", "predict_notes_per_second", "gold_missed", "spurious", "malformed_answers",
-              "invalid_codes_dropped")}
+             ("fit_seconds", "train_examples", "training_tokens", "predict_notes_per_second", "gold_missed",
+              "spurious", "malformed_answers", "invalid_codes_dropped")}
+    names = [d.name for d in run_dirs]
+    by_name = {r.name: r for r in cfg.runs}
+    pairs = [(by_name[b].compare_to if by_name[b].compare_to in names else names[i - 1], b)
+             for i, b in enumerate(names) if i > 0]
     report = compare_runs(run_dirs, out / "report", n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
-                          extra_rows=extra, title=f"Study: {cfg.name}")
+                          extra_rows=extra, title=f"Study: {cfg.name}", pairs=pairs)
     write_json(out / "report" / "study.json", {"config": cfg.model_dump(), "runs": rows,
                                                "significance": report["significance"]})
     return {"runs": rows, "report": report}

@@ -154,6 +154,19 @@ def evaluate_matrix(m: ScoreMatrix, *, threshold: float | None = None, per_code:
     return out
 
 
+def add_code_centric(out: dict[str, Any], gold: Sequence[Note], aligned: Sequence[Prediction], threshold: float,
+                     per_code: Mapping[str, float] | None) -> dict[str, Any]:
+    """``unseen_f1`` (micro F1 over codes unseen in training) and, when the gold notes have evidence
+    spans, ``evidence`` (span-level scores of the predictions' evidence, as CodiEsp-X)."""
+    out["unseen_f1"] = ((out.get("by_bucket") or {}).get("unseen") or {}).get("micro_f1")
+    if any(n.spans for n in gold):
+        from icdcoder.evaluation.evidence import evidence_scores
+
+        per = dict(per_code or {})
+        out["evidence"] = evidence_scores(gold, aligned, thresholds=lambda c: per.get(c, threshold))
+    return out
+
+
 def evaluate(gold: Sequence[Note], preds: Sequence[Prediction], *, threshold: float | None = None,
              label_space: list[str] | None = None, train_counts: Mapping[str, int] | None = None,
              codes: CodesArg = "all", per_code_thresholds: Mapping[str, float] | None = None,
@@ -167,6 +180,7 @@ def evaluate(gold: Sequence[Note], preds: Sequence[Prediction], *, threshold: fl
     m = build_matrix(gold, aligned, space)
     out = evaluate_matrix(m, threshold=threshold, per_code=per_code_thresholds, train_counts=train_counts,
                           systems=code_systems_of(gold, code_systems))
+    add_code_centric(out, gold, aligned, out["threshold"], per_code_thresholds)
     out["codes"] = codes
     out["n_extra_predictions"] = n_extra
     return out
@@ -222,6 +236,7 @@ def evaluate_files(data_dir: str | Path, split: str, pred_path: str | Path, thre
     m = build_matrix(gold, aligned, space)
     out = evaluate_matrix(m, threshold=threshold, per_code=per_code or None, train_counts=train_counts,
                           systems=code_systems_of(gold, manifest.get("code_system_of")))
+    add_code_centric(out, gold, aligned, threshold, per_code)
     out.update({"codes": codes, "n_extra_predictions": n_extra, "threshold_source": source,
                 "data_dir": str(Path(data_dir).resolve()), "split": split,
                 "pred_path": str(Path(pred_path).resolve())})

@@ -3,9 +3,10 @@
 The HTML embeds its plots as base64 PNG (matplotlib, Agg backend) and its style inline: it loads
 nothing from anywhere. Without matplotlib the reports are written without plots (and say so).
 
-Contents: the metrics table; paired-bootstrap significance of each run against the previous one
-(when both come with their per-note data); micro F1 by training-frequency bucket (bar chart); the
-micro precision-recall curve of each coder.
+Contents: the metrics table; evidence scores (when the gold has evidence spans); paired-bootstrap
+significance of each run against the previous one, or of the pairs asked for (when both come with
+their per-note data); micro F1 by training-frequency bucket (bar chart); the micro precision-recall
+curve of each coder.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from icdcoder.evaluation.bootstrap import paired_bootstrap
 from icdcoder.evaluation.metrics import ScoreMatrix, pr_curve
 from icdcoder.io import atomic_write
 
-TABLE_KEYS = ("micro_f1", "macro_f1", "micro_precision", "micro_recall", "macro_precision", "macro_recall",
+TABLE_KEYS = ("micro_f1", "macro_f1", "unseen_f1", "micro_precision", "micro_recall", "macro_precision", "macro_recall",
               "macro_f1_harmonic", "micro_auc",
               "macro_auc", "micro_auprc", "p@5", "p@8", "p@15", "r@5", "r@8", "r@15", "r_precision", "map",
               "exact_match", "threshold", "n_notes", "n_codes")
+# span-level evidence scores (metrics["evidence"], when the gold notes have evidence spans)
+EVIDENCE_KEYS = ("evidence_precision", "evidence_recall", "evidence_f1", "codiesp_x_f1", "codes_with_evidence",
+                 "n_pred_spans")
 
 
 @dataclass
@@ -69,11 +73,17 @@ def _run_data(name: str, metrics: Mapping[str, Any],
     raise TypeError(f"run {name!r}: per-note data must be RunData, ScoreMatrix, a PR curve dict or None")
 
 
-def _significance(names: list[str], data: list[RunData | None], n_resamples: int, seed: int) -> list[dict[str, Any]]:
+def _significance(names: list[str], data: list[RunData | None], n_resamples: int, seed: int,
+                  pairs: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    index = {n: i for i, n in enumerate(names)}
+    if pairs is None:
+        pairs = [(names[i - 1], names[i]) for i in range(1, len(names))]
     out = []
-    for i in range(1, len(names)):
-        a, b = data[i - 1], data[i]
-        row: dict[str, Any] = {"a": names[i - 1], "b": names[i]}
+    for name_a, name_b in pairs:
+        if name_a not in index or name_b not in index:
+            raise ValueError(f"significance pair ({name_a!r}, {name_b!r}) names a run that is not compared")
+        a, b = data[index[name_a]], data[index[name_b]]
+        row: dict[str, Any] = {"a": name_a, "b": name_b}
         if a is None or b is None or a.matrix.ids != b.matrix.ids or a.matrix.codes != b.matrix.codes:
             row["skipped"] = "needs both runs' predictions on the same notes and label space"
         else:
@@ -145,12 +155,23 @@ def _sig_cell(row: Mapping[str, Any], k: str) -> str:
     return f"{d['diff']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={d['p_value']:.3f}"
 
 
+def _evidence_rows(metrics: list[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
+    if not any(m.get("evidence") for m in metrics):
+        return []
+    return [(k, [(m.get("evidence") or {}).get(k) for m in metrics]) for k in EVIDENCE_KEYS]
+
+
 def _markdown(names, metrics, sig, bucket_rows, has_plots, extra, title) -> str:
     lines = [f"# {title}", "", "## Metrics", ""]
     lines.append("| metric | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
     for k in TABLE_KEYS:
         lines.append(f"| {k} | " + " | ".join(_fmt(m.get(k)) for m in metrics) + " |")
+    ev = _evidence_rows(metrics)
+    if ev:
+        lines += ["", "## Evidence (span level, overlap with a gold span of the same code)", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {k} | " + " | ".join(_fmt(v) for v in vals) + " |" for k, vals in ev]
     if extra:
         lines += ["", "## Cost and errors", "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for k, vals in extra.items():
@@ -188,6 +209,10 @@ def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_pl
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title>",
              f"<style>{_CSS}</style></head><body><h1>{t}</h1><h2>Metrics</h2>"]
     parts.append(_html_table(["metric"] + names, [[k] + [_fmt(m.get(k)) for m in metrics] for k in TABLE_KEYS]))
+    ev = _evidence_rows(metrics)
+    if ev:
+        parts.append("<h2>Evidence (span level, overlap with a gold span of the same code)</h2>")
+        parts.append(_html_table([""] + names, [[k] + [_fmt(v) for v in vals] for k, vals in ev]))
     if extra:
         parts.append("<h2>Cost and errors</h2>")
         parts.append(_html_table([""] + names, [[k] + [_fmt(v) for v in vals] for k, vals in extra.items()]))
@@ -209,11 +234,13 @@ def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_pl
 
 
 def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000, seed: int = 0,
-            extra_rows: Mapping[str, Sequence[Any]] | None = None, title: str = "Coder comparison") -> dict[str, Any]:
+            extra_rows: Mapping[str, Sequence[Any]] | None = None, title: str = "Coder comparison",
+            pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Write ``report.md`` and ``report.html`` to ``out_dir`` (atomically); return the data behind them.
 
     ``extra_rows`` adds a "Cost and errors" table: one row per key, one value per run (training time,
-    prediction speed, missed codes, ...).
+    prediction speed, missed codes, ...). ``pairs`` ``(a, b)`` of run names choose the bootstrap
+    comparisons (default: each run against the one before it).
 
     ``runs``: ``(name, metrics dict, per-note data)`` where the per-note data is a :class:`RunData`
     (or a bare :class:`ScoreMatrix`, thresholded at ``metrics["threshold"]``) for the PR curve and
@@ -232,7 +259,7 @@ def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000
         metrics.append(dict(m))
         data.append(d)
         curves.append(c)
-    sig = _significance(names, data, n_resamples, seed) if len(runs) > 1 else []
+    sig = _significance(names, data, n_resamples, seed, pairs) if len(runs) > 1 else []
     bucket_rows = []
     if any(m.get("by_bucket") for m in metrics):
         for b, _, _ in BUCKETS:
@@ -254,7 +281,7 @@ def compare(runs: Sequence[Run], out_dir: str | Path, *, n_resamples: int = 1000
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, n_resamples: int = 1000,
                  seed: int = 0, extra_rows: Mapping[str, Sequence[Any]] | None = None,
-                 title: str = "Coder comparison") -> dict[str, Any]:
+                 title: str = "Coder comparison", pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
     """What ``icdcoder compare`` calls. Each run dir holds ``metrics.json`` (as written from
     :func:`evaluate_files`: ``data_dir``, ``split``, ``threshold``, ``codes``) and ``predictions.jsonl``.
     Runs on the same gold data are re-aligned over one common label space (the dataset's codes plus
@@ -311,4 +338,5 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, n_resam
             per_code = stored_thresholds(ppath)[1] if metrics.get("n_per_code_thresholds") else {}
             extra = RunData(build_matrix(gold, aligned, space), float(metrics.get("threshold", 0.5)), per_code)
         runs.append((d.name, metrics, extra))
-    return compare(runs, out_dir, n_resamples=n_resamples, seed=seed, extra_rows=extra_rows, title=title)
+    return compare(runs, out_dir, n_resamples=n_resamples, seed=seed, extra_rows=extra_rows, title=title,
+                   pairs=pairs)

@@ -202,6 +202,25 @@ def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: 
     return [0.0 if p.problems else 1.0 for p in _parse_all(completions, systems)]
 
 
+def evidence_reward(prompts: Sequence[Any], completions: Sequence[Any], note_text: Sequence[str] | None = None,
+                    **kwargs: Any) -> list[float]:
+    """Share of the answered codes whose quoted evidence is found in the note (exact or fuzzy); a code
+    without a quote counts as unsupported. 0.0 for an answer without codes. Needs a ``note_text`` column."""
+    from icdcoder.coders.generative.quotes import locate_quote
+
+    if note_text is None or len(note_text) != len(completions):
+        raise TypeError("evidence_reward needs a note_text column (the note of each completion)")
+    systems = _systems(len(completions), None, kwargs.get("system"))
+    out = []
+    for p, text in zip(_parse_all(completions, systems), note_text):
+        if not p.codes:
+            out.append(0.0)
+            continue
+        hits = sum(any(locate_quote(text, q) for q in p.evidence.get(c, [])) for c in p.codes)
+        out.append(hits / len(p.codes))
+    return out
+
+
 def combine(*weighted: tuple[RewardFunc, float]) -> tuple[list[RewardFunc], list[float]]:
     """``(f, w)`` pairs -> the two lists GRPO takes: ``GRPOConfig(reward_weights=...)`` and ``reward_funcs``."""
     if not weighted:

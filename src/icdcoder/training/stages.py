@@ -38,7 +38,7 @@ def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[li
 
     ``f1`` (sample-level F1 against the gold set), ``fbeta:B``, ``weighted_f1`` (codes weighted by
     1/sqrt(training frequency)), ``format`` (one clean answer block), ``invalid`` (penalty per code
-    outside the valid set).
+    outside the valid set), ``evidence`` (share of codes whose quote is found in the note; evidence mode).
     """
     funcs, weights = [], []
     for name, w in spec.items():
@@ -50,11 +50,13 @@ def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[li
             f = R.weighted_f1_reward({c: 1 / max(n, 1) ** 0.5 for c, n in coder.label_space.items()})
         elif name == "format":
             f = R.format_reward
+        elif name == "evidence":
+            f = R.evidence_reward
         elif name == "invalid":
             valid = coder.validity()
             f = R.invalid_code_penalty(valid if valid is not None else _ontology_valid(coder.prompt_cfg.system))
         else:
-            raise IcdcoderError(f"unknown reward {name!r}; known: f1, fbeta:B, weighted_f1, format, invalid")
+            raise IcdcoderError(f"unknown reward {name!r}; known: f1, fbeta:B, weighted_f1, format, invalid, evidence")
         funcs.append(f)
         weights.append(float(w))
     return funcs, weights
@@ -107,7 +109,8 @@ class _Staged(GenerativeCoder):
 
     def _grpo_rows(self, notes: Sequence[Note], hints: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         hints = hints or {}
-        return [{"prompt": self.messages(n, hint=hints.get(n.id, ())), "gold_codes": list(n.codes)} for n in notes]
+        return [{"prompt": self.messages(n, hint=hints.get(n.id, ())), "gold_codes": list(n.codes),
+                 "note_text": n.text} for n in notes]
 
     def _grpo_settings(self, extra: dict | None = None) -> GRPOSettings:
         d = dict(self.params.get("grpo") or {})
@@ -160,6 +163,9 @@ class _Staged(GenerativeCoder):
                                    seed=self.seed + r)
             self._lm, self._backend = (model, tok), None
             stat["global_step"] = info["global_step"]
+            counted = [r["num_tokens"] for r in info.get("log", []) if "num_tokens" in r]
+            if counted:
+                stat["num_tokens"] = int(counted[-1])
         return {"rounds": rounds}
 
 

@@ -16,8 +16,9 @@ Parsing rules, in order:
   then not junk, since the text is prose;
 * inside the block, items are split at newlines, commas and semicolons (not inside double quotes), list
   bullets and ``1.`` / ``2)`` numbers are skipped, and surrounding quotes, brackets, markdown stars and
-  trailing periods are stripped. What follows a ``|`` in an item is evidence and is ignored, unless it
-  is made of code-shaped tokens only (``I10|E11.9`` lists two codes);
+  trailing periods are stripped. What follows a ``|`` in an item is the quoted evidence of the code
+  before it (``I10 | "history of hypertension"``, kept in ``evidence``), unless it is made of
+  code-shaped tokens only (``I10|E11.9`` lists two codes);
 * a token with a digit and only letters, digits and dots is code-like: it is normalised
   (``i509`` -> ``I50.9``) and checked; one that fails either goes to ``invalid``. Any other word in the
   block is junk (``junk_tokens``);
@@ -31,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Container, Iterable, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from icdcoder.codes import CodeFormatError, CodeSystem, infer_system, normalize_code, parse_system
 
@@ -75,19 +76,39 @@ class ParsedAnswer:
     invalid: list[str] = field(default_factory=list)  # canonical when it normalised, else as written
     malformed: bool = False
     problems: list[str] = field(default_factory=list)
+    evidence: dict[str, list[str]] = field(default_factory=dict)  # valid code -> quotes written after "|"
 
 
-def format_answer(codes: Iterable[str], system: str | CodeSystem | None = "icd10cm") -> str:
+def format_answer(codes: Iterable[str], system: str | CodeSystem | None = "icd10cm",
+                  evidence: Mapping[str, str] | None = None) -> str:
     """The target answer for a code set: canonical, deduplicated and sorted so the target is unique.
 
     Raises CodeFormatError for a code that does not normalise: targets come from data, not from a model.
-    ``system=None`` infers the system of each code from its shape.
+    ``system=None`` infers the system of each code from its shape. ``evidence`` (code -> text of the
+    note) gives the evidence-grounded form ``<code>E11.9 | "type 2 diabetes"; I10 | "HTN"</code>``; a
+    code without evidence is written bare.
     """
     if isinstance(codes, str):
         raise TypeError("format_answer takes a collection of codes, not one string")
     sys_ = parse_system(system) if system is not None else None
-    canonical = {normalize_code(code, sys_ or infer_system(code)) for code in codes}
-    return f"{OPEN}{', '.join(sorted(canonical))}{CLOSE}"
+    canonical = {normalize_code(code, sys_ or infer_system(code)): code for code in codes}
+    if evidence is None:
+        return f"{OPEN}{', '.join(sorted(canonical))}{CLOSE}"
+    items = []
+    for canon in sorted(canonical):
+        quote = evidence.get(canonical[canon], evidence.get(canon))
+        quote = quote_text(quote) if quote else ""
+        items.append(f'{canon} | "{quote}"' if quote else canon)
+    return f"{OPEN}{'; '.join(items)}{CLOSE}"
+
+
+def quote_text(text: str, max_chars: int = 80) -> str:
+    """A note's evidence as it goes inside the answer's double quotes: one line, no double quotes,
+    at most ``max_chars`` (cut at a word boundary)."""
+    q = " ".join(text.replace('"', "'").split())
+    if len(q) > max_chars:
+        q = q[:max_chars].rsplit(" ", 1)[0] if " " in q[:max_chars] else q[:max_chars]
+    return q
 
 
 def parse_answer(
@@ -117,7 +138,7 @@ def parse_answer(
     opened = _OPEN_RE.search(text)
     if opened is None:
         problems.append("no_open_tag")
-        tokens = _scan_prose(_ANY_TAG_RE.sub(" ", text), sys_)
+        tokens = [(t, None) for t in _scan_prose(_ANY_TAG_RE.sub(" ", text), sys_)]
     else:
         closed = _CLOSE_RE.search(text, opened.end())
         if closed is None:
@@ -134,10 +155,10 @@ def parse_answer(
         if junk:
             problems.append("junk_tokens")
 
-    codes, invalid, repeated = _check(tokens, sys_, is_valid)
+    codes, invalid, repeated, evidence = _check(tokens, sys_, is_valid)
     if repeated:
         problems.append("duplicates")
-    return ParsedAnswer(codes, invalid, any(p in MALFORMED_PROBLEMS for p in problems), problems)
+    return ParsedAnswer(codes, invalid, any(p in MALFORMED_PROBLEMS for p in problems), problems, evidence)
 
 
 def truncate_middle(
@@ -223,10 +244,11 @@ def _split_items(line: str) -> list[str]:
     return items
 
 
-def _read_block(body: str, system: CodeSystem | None) -> tuple[list[str], bool]:
-    """Code-like tokens of the block in order, and whether any other word was there."""
+def _read_block(body: str, system: CodeSystem | None) -> tuple[list[tuple[str, str | None]], bool]:
+    """Code-like tokens of the block in order, each with the evidence quoted after it (or None), and
+    whether any other word was there."""
     shape = _SHAPE_RE[system]
-    tokens: list[str] = []
+    tokens: list[tuple[str, str | None]] = []
     junk = False
     for line in body.splitlines():
         line = _LIST_PREFIX.sub("", line, count=1)
@@ -239,14 +261,18 @@ def _read_block(body: str, system: CodeSystem | None) -> tuple[list[str], bool]:
                 if not token:
                     continue
                 if _CODE_LIKE.fullmatch(token.upper()):
-                    tokens.append(token)
+                    tokens.append((token, None))
                 else:
                     junk = True
-            for part in after_bar:
+            for k, part in enumerate(after_bar):
                 words = [w for w in (_clean(raw) for raw in part.split()) if w]
                 if not words or not all(shape.fullmatch(w.upper()) for w in words):
-                    break  # evidence text: it and anything after it in this item are not codes
-                tokens.extend(words)
+                    # evidence text: it and anything after it in this item quote the last code
+                    quote = "|".join(after_bar[k:]).strip().strip('"“”').strip()
+                    if quote and tokens and tokens[-1][1] is None:
+                        tokens[-1] = (tokens[-1][0], quote)
+                    break
+                tokens.extend((w, None) for w in words)
     return tokens, junk
 
 
@@ -266,22 +292,26 @@ def _normalise(token: str, system: CodeSystem | None) -> tuple[str, CodeSystem] 
 
 
 def _check(
-    tokens: list[str], system: CodeSystem | None, is_valid: Callable[[str, CodeSystem], bool]
-) -> tuple[list[str], list[str], bool]:
-    """Split tokens into valid codes and invalid ones, each kept once; also say whether any repeated."""
+    tokens: list[tuple[str, str | None]], system: CodeSystem | None, is_valid: Callable[[str, CodeSystem], bool]
+) -> tuple[list[str], list[str], bool, dict[str, list[str]]]:
+    """Split tokens into valid codes and invalid ones, each kept once; say whether any repeated; collect
+    the quotes of valid codes (a repeated code may bring another quote)."""
     codes: list[str] = []
     invalid: list[str] = []
+    evidence: dict[str, list[str]] = {}
     seen: set[str] = set()
     repeated = False
-    for token in tokens:
+    for token, quote in tokens:
         hit = _normalise(token, system)
         key = hit[0] if hit else token.upper()
         if key in seen:
             repeated = True
-            continue
-        seen.add(key)
-        if hit is not None and is_valid(*hit):
-            codes.append(hit[0])
         else:
-            invalid.append(key if hit else token)
-    return codes, invalid, repeated
+            seen.add(key)
+            if hit is not None and is_valid(*hit):
+                codes.append(hit[0])
+            else:
+                invalid.append(key if hit else token)
+        if quote and key in codes and quote not in evidence.get(key, []):
+            evidence.setdefault(key, []).append(quote)
+    return codes, invalid, repeated, evidence

@@ -15,6 +15,13 @@ in ``fit``. Parameters (all saved in ``coder.json``)::
     generation: {max_new_tokens: 96, batch_size: 16, backend: hf|vllm|openai, base_url, api_model,
                  constrained: false, num_samples: 1, temperature: 0.0}
     valid_codes: ontology        # which parsed codes are kept: ontology | label_space | any
+    evidence: {drop_unsupported: false, min_score: 85}   # evidence-grounded answers (see below)
+
+With ``evidence`` set the coder answers ``<code>I10 | "history of hypertension"; ...</code>``: trained
+targets quote the note's gold span of each code, and at prediction each quote is located in the note
+(exact, then fuzzy at ``min_score``) and becomes the code's ``Prediction`` evidence. A code whose quote
+is not in the note is flagged ``evidence_not_found`` (one with no quote ``evidence_missing``), and with
+``drop_unsupported`` it is dropped.
 """
 
 from __future__ import annotations
@@ -28,17 +35,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from icdcoder.coders.base import Coder, register
-from icdcoder.coders.generative.answer import format_answer, parse_answer
+from icdcoder.coders.generative.answer import ParsedAnswer, format_answer, parse_answer
 from icdcoder.coders.generative.backends import Messages, Sampling
 from icdcoder.coders.generative.prompts import PromptConfig, Retriever, build_messages, code_system
 from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import iter_jsonl, write_json
-from icdcoder.prediction import Prediction
+from icdcoder.prediction import Evidence, Prediction, ScoredCode
 
 GEN_DEFAULTS: dict[str, Any] = {"max_new_tokens": 96, "batch_size": 16, "backend": "hf", "base_url": None,
                                 "api_model": None, "constrained": False, "num_samples": 1, "temperature": 0.0,
                                 "dtype": None}
+EVIDENCE_DEFAULTS: dict[str, Any] = {"drop_unsupported": False, "min_score": 85.0}
 
 
 @register("llm_prompt")
@@ -50,15 +58,22 @@ class GenerativeCoder(Coder):
 
     def __init__(self, model: str = "tiny", init_from: str | None = None, tiny: dict | None = None,
                  prompt: dict | None = None, generation: dict | None = None, valid_codes: str = "ontology",
-                 seed: int = 13, checkpoint_dir: str | None = None, **stage: Any):
+                 evidence: dict | None = None, seed: int = 13, checkpoint_dir: str | None = None, **stage: Any):
         super().__init__(model=model, init_from=init_from, tiny=tiny or {}, prompt=prompt or {},
-                         generation=generation or {}, valid_codes=valid_codes, seed=seed, **stage)
+                         generation=generation or {}, valid_codes=valid_codes, evidence=evidence, seed=seed,
+                         **stage)
         unknown = set(stage) - set(self.stage_options)
         if unknown:
             raise IcdcoderError(f"{self.name}: unknown parameters {sorted(unknown)}")
         if valid_codes not in ("ontology", "label_space", "any"):
             raise IcdcoderError(f"valid_codes must be ontology, label_space or any, not {valid_codes!r}")
         self.prompt_cfg = PromptConfig(**(prompt or {}))
+        unknown = set(evidence or {}) - set(EVIDENCE_DEFAULTS)
+        if unknown:
+            raise IcdcoderError(f"unknown evidence options {sorted(unknown)}; known: {sorted(EVIDENCE_DEFAULTS)}")
+        self.evidence = None if evidence is None else {**EVIDENCE_DEFAULTS, **evidence}
+        if self.evidence is not None:
+            self.prompt_cfg.evidence = True
         unknown = set(generation or {}) - set(GEN_DEFAULTS)
         if unknown:
             raise IcdcoderError(f"unknown generation options {sorted(unknown)}; known: {sorted(GEN_DEFAULTS)}")
@@ -90,7 +105,8 @@ class GenerativeCoder(Coder):
             parent = Coder.load(init)
             if not isinstance(parent, GenerativeCoder):
                 raise IcdcoderError(f"init_from {init} is a {parent.name} coder, not a generative one")
-            self.lm_path, self.history, self.owns_lm = parent.lm_path, list(parent.history), parent.owns_lm
+            self.lm_path, self.owns_lm = parent.lm_path, parent.owns_lm
+            self.history = [{**h, "inherited": True} for h in parent.history]
         elif self.params["model"] == "tiny":
             from icdcoder.coders.generative.tiny import TinyConfig, build_tiny_lm
 
@@ -188,8 +204,15 @@ class GenerativeCoder(Coder):
                               candidates=candidates, hint=hints)
 
     def answer(self, note: Note) -> Messages:
-        """The target completion for SFT: the gold code set in the answer format."""
-        return [{"role": "assistant", "content": format_answer(note.codes, code_system(self.prompt_cfg.system))}]
+        """The target completion for SFT: the gold code set in the answer format (with evidence mode,
+        each code quotes its first gold span)."""
+        quotes = None
+        if self.evidence is not None:
+            quotes = {}
+            for sp in note.spans:
+                quotes.setdefault(sp.code, note.text[sp.start:sp.end])
+        return [{"role": "assistant",
+                 "content": format_answer(note.codes, code_system(self.prompt_cfg.system), evidence=quotes)}]
 
     def validity(self):
         mode = self.params["valid_codes"]
@@ -199,14 +222,14 @@ class GenerativeCoder(Coder):
             return lambda c: True
         return None  # the parser checks the ontology
 
-    def generate_sets(self, notes: Sequence[Note], *, sampling: Sampling | None = None,
-                      exclude_self: bool = False) -> tuple[list[list[list[str]]], dict[str, Any]]:
-        """Code sets of each sampled answer per note, plus parse statistics."""
+    def generate_answers(self, notes: Sequence[Note], *, sampling: Sampling | None = None,
+                         exclude_self: bool = False) -> tuple[list[list[ParsedAnswer]], dict[str, Any]]:
+        """Each sampled answer per note, parsed, plus parse statistics."""
         sampling = sampling or self.sampling()
         prompts = [self.messages(n, exclude_self=exclude_self) for n in notes]
         texts = self.backend().generate(prompts, sampling)
         valid, stats = self.validity(), Counter()
-        sets = []
+        parsed = []
         for outs in texts:
             per_note = []
             for t in outs:
@@ -215,9 +238,15 @@ class GenerativeCoder(Coder):
                 stats["malformed"] += p.malformed
                 stats["invalid_codes"] += len(p.invalid)
                 stats["codes"] += len(p.codes)
-                per_note.append(p.codes)
-            sets.append(per_note)
-        return sets, dict(stats)
+                per_note.append(p)
+            parsed.append(per_note)
+        return parsed, dict(stats)
+
+    def generate_sets(self, notes: Sequence[Note], *, sampling: Sampling | None = None,
+                      exclude_self: bool = False) -> tuple[list[list[list[str]]], dict[str, Any]]:
+        """Code sets of each sampled answer per note, plus parse statistics."""
+        parsed, stats = self.generate_answers(notes, sampling=sampling, exclude_self=exclude_self)
+        return [[p.codes for p in per_note] for per_note in parsed], stats
 
     def sampling(self) -> Sampling:
         n = int(self.gen["num_samples"])
@@ -226,21 +255,51 @@ class GenerativeCoder(Coder):
 
     def predict(self, notes: Sequence[Note]) -> list[Prediction]:
         start = time.perf_counter()
-        sets, stats = self.generate_sets(notes)
+        parsed, counts = self.generate_answers(notes)
+        stats = Counter(counts)
         preds = []
-        for note, per_note in zip(notes, sets):
+        for note, per_note in zip(notes, parsed):
             if len(per_note) == 1:
-                preds.append(Prediction.from_code_set(note.id, per_note[0]))
+                pred = Prediction.from_code_set(note.id, per_note[0].codes)
             else:  # self-consistency: the share of samples naming a code is its score
-                votes = Counter(c for s in per_note for c in set(s))
-                preds.append(Prediction.from_scores(note.id, {c: v / len(per_note) for c, v in votes.items()}))
+                votes = Counter(c for p in per_note for c in set(p.codes))
+                pred = Prediction.from_scores(note.id, {c: v / len(per_note) for c, v in votes.items()})
+            if self.evidence is not None:
+                pred = self._ground(note, pred, per_note, stats)
+            preds.append(pred)
         seconds = time.perf_counter() - start
-        stats.update(notes=len(notes), seconds=round(seconds, 3))
+        stats = {**stats, "notes": len(notes), "seconds": round(seconds, 3)}
         backend = self.backend()
         if hasattr(backend, "generated_tokens"):
             stats["generated_tokens"] = backend.generated_tokens
         self.last_predict_stats = stats
         return preds
+
+    def _ground(self, note: Note, pred: Prediction, answers: Sequence[ParsedAnswer], stats: Counter) -> Prediction:
+        """Locate each code's quotes in the note: evidence offsets, flags, and (optionally) drops."""
+        from icdcoder.coders.generative.quotes import locate_quote
+
+        kept = []
+        for sc in pred.codes:
+            quotes = list(dict.fromkeys(q for a in answers for q in a.evidence.get(sc.code, [])))
+            found, flags = [], []
+            for q in quotes:
+                m = locate_quote(note.text, q, min_score=float(self.evidence["min_score"]))
+                stats[f"quotes_{m.kind if m else 'absent'}"] += 1
+                if m is not None:
+                    found.append((m, Evidence(start=m.start, end=m.end, text=note.text[m.start:m.end])))
+            if not quotes:
+                flags.append("evidence_missing")
+            elif not found:
+                flags.append("evidence_not_found")
+            elif all(m.kind == "fuzzy" for m, _ in found):
+                flags.append("evidence_fuzzy")
+            if self.evidence["drop_unsupported"] and flags and flags[0] != "evidence_fuzzy":
+                stats["codes_dropped_unsupported"] += 1
+                continue
+            ev = list({(e.start, e.end): e for _, e in found}.values())
+            kept.append(ScoredCode(code=sc.code, score=sc.score, evidence=ev, flags=flags))
+        return Prediction(id=pred.id, codes=kept, scored=pred.scored)
 
     # ------------------------------------------------------------------ persistence
     def _save_state(self, folder: Path) -> None:

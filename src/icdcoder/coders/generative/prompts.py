@@ -25,6 +25,9 @@ def code_system(system: str) -> str | None:
     return None if system in MIXED else system
 INSTRUCTION = ("You are a professional clinical coder. Read the clinical note and assign every {name} code it "
                "supports. Answer only with the codes, dotted and sorted, as <code>C1, C2, ...</code>.")
+EVIDENCE_INSTRUCTION = ("You are a professional clinical coder. Read the clinical note and assign every {name} code "
+                        "it supports. Answer only with the codes, dotted and sorted, each followed by | and the "
+                        "words of the note that support it, as <code>C1 | \"quote\"; C2 | \"quote\"</code>.")
 
 Offsets = Callable[[str], list[tuple[int, int]]]
 
@@ -40,6 +43,7 @@ class PromptConfig:
     few_shot_note_tokens: int = 256   # budget of each example's note
     candidates: int = 0               # candidate codes described in the prompt (from the nearest notes)
     instruction: str | None = None    # overrides INSTRUCTION
+    evidence: bool = False            # evidence-grounded answers: each code with a quote of the note
 
 
 def cut(text: str, budget: int, offsets: Offsets, head_fraction: float = 0.5) -> str:
@@ -58,7 +62,8 @@ def build_messages(text: str, cfg: PromptConfig, offsets: Offsets, *,
                    hint: Sequence[tuple[str, str | None]] = ()) -> Messages:
     """System instruction, then few-shot turns (user note / assistant answer), then the note."""
     name = SYSTEM_NAMES.get(cfg.system, cfg.system)
-    msgs: Messages = [{"role": "system", "content": (cfg.instruction or INSTRUCTION).format(name=name)}]
+    default = EVIDENCE_INSTRUCTION if cfg.evidence else INSTRUCTION
+    msgs: Messages = [{"role": "system", "content": (cfg.instruction or default).format(name=name)}]
     for ex_text, ex_codes in examples:
         msgs.append({"role": "user", "content": "Note:\n" + cut(ex_text, cfg.few_shot_note_tokens, offsets,
                                                                    cfg.head_fraction)})

@@ -251,3 +251,19 @@ def test_round_robin_takes_the_codes_asked_for_first():
     assert [e.code for e in out[:4]] == ["A00.0"] * 4 and len({e.text for e in out[:4]}) == 4
     assert Counter(e.code for e in out) == {"A00.0": 5, "I10": 1}  # then one of each code in turn
     assert len(draw_round_robin(spans, 2, first={"A00.0": 4})) == 2  # n still caps the draw
+
+
+def test_training_tokens_count_words_for_discriminative_coders_and_trl_tokens_for_lms():
+    from types import SimpleNamespace
+
+    from icdcoder.experiment import training_tokens
+
+    notes = [Note(id="a", text="one two three", codes=[]), Note(id="b", text="four five", codes=[])]
+    plm = SimpleNamespace(params={"epochs": 3}, history=[{"epoch": 1, "loss": 0.3}])  # PLM-ICD keeps epochs
+    assert training_tokens(notes, plm) == 15
+    lm = SimpleNamespace(lm_path="x", history=[
+        {"stage": "sft", "log": [{"num_tokens": 10.0}, {"num_tokens": 40.0}], "inherited": True},
+        {"stage": "grpo", "log": [{"num_tokens": 7.0}, {"loss": 0.1}]},
+        {"stage": "phi", "rounds": [{"round": 1, "num_tokens": 5}, {"round": 2}]}])
+    assert training_tokens(notes, lm) == 12  # the inherited SFT stage was counted in its own run
+    assert training_tokens(notes, SimpleNamespace(lm_path="x", history=[])) == 0  # prompting trains nothing

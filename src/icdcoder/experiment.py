@@ -249,10 +249,9 @@ def training_tokens(train: list, coder: Any) -> int:
     """Tokens processed in training. LM coders: what TRL counted (``num_tokens``) in the stages of this
     fit (a prompting coder trains nothing: 0); other coders: whitespace words of the training texts
     times the epochs (TF-IDF, PLM-ICD)."""
-    history = getattr(coder, "history", None)
-    if history is not None:
+    if hasattr(coder, "lm_path"):  # a generative coder: its history holds the TRL stages
         total = 0
-        for stage in history:
+        for stage in coder.history:
             if stage.get("inherited"):  # stages of an init_from parent were counted there
                 continue
             logs = [r for r in stage.get("log", []) if "num_tokens" in r]

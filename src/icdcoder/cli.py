@@ -536,7 +536,7 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's outputs."),
 ) -> None:
     """The main job on the embedded default: the whole study (TF-IDF, PLM-ICD, prompting, SFT, GRPO,
-    PHI) on the synthetic corpus, with one report. About 17 minutes on 2 CPU cores.
+    PHI, code-centric SFT) on the synthetic corpus, with one report. About 15 minutes on 2 CPU cores.
 
     The config is ``icdcoder/resources/study-demo.yaml``; re-running reuses what is already in --out."""
     _run_study(DEMO_CONFIG, out_dir, None)

@@ -206,7 +206,7 @@ def evidence_reward(prompts: Sequence[Any], completions: Sequence[Any], note_tex
                     **kwargs: Any) -> list[float]:
     """Share of the answered codes whose quoted evidence is found in the note (exact or fuzzy); a code
     without a quote counts as unsupported. 0.0 for an answer without codes. Needs a ``note_text`` column."""
-    from icdcoder.coders.generative.quotes import locate_quote
+    from icdcoder.coders.generative.quotes import locate_all
 
     if note_text is None or len(note_text) != len(completions):
         raise TypeError("evidence_reward needs a note_text column (the note of each completion)")
@@ -216,7 +216,9 @@ def evidence_reward(prompts: Sequence[Any], completions: Sequence[Any], note_tex
         if not p.codes:
             out.append(0.0)
             continue
-        hits = sum(any(locate_quote(text, q) for q in p.evidence.get(c, [])) for c in p.codes)
+        quotes = [p.evidence.get(c, []) for c in p.codes]
+        located = iter(locate_all(text, [q for qs in quotes for q in qs]))  # the note prepared once
+        hits = sum(any([next(located) is not None for _ in qs]) for qs in quotes)  # list: consume every quote
         out.append(hits / len(p.codes))
     return out
 

@@ -277,18 +277,21 @@ class GenerativeCoder(Coder):
 
     def _ground(self, note: Note, pred: Prediction, answers: Sequence[ParsedAnswer], stats: Counter) -> Prediction:
         """Locate each code's quotes in the note: evidence offsets, flags, and (optionally) drops."""
-        from icdcoder.coders.generative.quotes import locate_quote
+        from icdcoder.coders.generative.quotes import locate_all
 
+        quotes = {sc.code: list(dict.fromkeys(q for a in answers for q in a.evidence.get(sc.code, [])))
+                  for sc in pred.codes}
+        flat = [q for qs in quotes.values() for q in qs]  # one pass over the note for all its quotes
+        located = iter(locate_all(note.text, flat, min_score=float(self.evidence["min_score"])))
         kept = []
         for sc in pred.codes:
-            quotes = list(dict.fromkeys(q for a in answers for q in a.evidence.get(sc.code, [])))
             found, flags = [], []
-            for q in quotes:
-                m = locate_quote(note.text, q, min_score=float(self.evidence["min_score"]))
+            for _ in quotes[sc.code]:
+                m = next(located)
                 stats[f"quotes_{m.kind if m else 'absent'}"] += 1
                 if m is not None:
                     found.append((m, Evidence(start=m.start, end=m.end, text=note.text[m.start:m.end])))
-            if not quotes:
+            if not quotes[sc.code]:
                 flags.append("evidence_missing")
             elif not found:
                 flags.append("evidence_not_found")

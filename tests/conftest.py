@@ -33,3 +33,23 @@ def mimic_splits_dir(shared_dir: Path) -> Path:
     if not root.exists():
         pytest.skip(f"MIMIC split files {root} are absent")
     return root
+
+
+@pytest.fixture(scope="session")
+def small_synth():
+    """A small synthetic corpus (train 200, val 60, test 20 notes): enough for a TF-IDF coder that works."""
+    from icdcoder.data.synth import SynthConfig, generate_synthetic
+
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
+    for split, note in generate_synthetic(SynthConfig(n_train=200, n_val=60, n_test=20)):
+        splits[split].append(note)
+    return splits
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(small_synth, tmp_path_factory) -> Path:
+    """A TF-IDF coder fitted on ``small_synth`` with its threshold tuned, saved once per session."""
+    from icdcoder.coders.tfidf import TfidfCoder
+
+    coder = TfidfCoder(word_ngrams=(1, 1), C=10.0).fit(small_synth["train"], small_synth["val"])
+    return coder.save(tmp_path_factory.mktemp("serving") / "model")

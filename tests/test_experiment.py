@@ -147,3 +147,29 @@ def test_changed_coder_config_refits_and_clears_checkpoints(tmp_path):
     logs.clear()
     run_experiment(changed, log=logs.append)
     assert not any("reusing" in m for m in logs)
+
+
+def test_rules_run_after_the_coder_and_are_counted(tmp_path):
+    """Gold I50 (a category): with the rule engine the suggestions become I50.9 and each edit is counted."""
+    from tests.test_code_command import _notes as rule_notes
+
+    d = tmp_path / "data"
+    write_dataset([("train", n) for n in rule_notes(100, 0)] + [("val", n) for n in rule_notes(30, 1)] +
+                  [("test", n) for n in rule_notes(30, 2)], d, name="rules", source="test")
+    plain = _config(tmp_path, d, "plain", C=10.0)
+    ruled = yaml.safe_load(_config(tmp_path, d, "ruled", C=10.0).read_text())
+    ruled["rules"] = {"billable": "specify", "excludes1": True}
+    (tmp_path / "ruled.yaml").write_text(yaml.safe_dump(ruled))
+    for cfg in (plain, tmp_path / "ruled.yaml"):
+        assert runner.invoke(app, ["train", str(cfg)]).exit_code == 0
+    edits = json.loads((tmp_path / "ruled" / "run.json").read_text())["predict"]["test"]["rule_edits"]
+    assert edits["billable"] > 0 and edits.get("excludes1", 0) > 0
+    assert "rule_edits" not in json.loads((tmp_path / "plain" / "run.json").read_text())["predict"]["test"]
+    preds = [json.loads(x) for x in (tmp_path / "ruled" / "predictions.jsonl").read_text().splitlines()]
+    assert any(e["rule"] == "billable" for p in preds for e in p.get("edits", []))
+    f1 = {r: json.loads((tmp_path / r / "metrics.json").read_text())["micro_f1"] for r in ("plain", "ruled")}
+    assert f1["ruled"] < f1["plain"]  # the gold here holds the category I50 and both diabetes types
+    bad = yaml.safe_load(plain.read_text()) | {"rules": {"billable": "sometimes"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(DataError, match="billable"):
+        ExperimentConfig.from_yaml(tmp_path / "bad.yaml")

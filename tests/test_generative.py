@@ -20,7 +20,7 @@ PROMPT = {"max_note_tokens": 160}
 GEN = {"max_new_tokens": 24, "batch_size": 8}
 SFT = {"max_steps": 4, "batch_size": 4, "lr": 3e-3, "save_steps": 2, "logging_steps": 1}
 GRPO = {"max_steps": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 16, "logging_steps": 1,
-        "save_steps": 100, "rewards": {"f1": 1.0, "format": 0.1, "invalid": 0.5}}
+        "save_steps": 100, "rewards": {"f1": 1.0, "format": 0.1, "invalid": 0.5, "rules": 0.2}}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,7 @@ def test_grpo_from_sft_logs_rewards(corpus, sft_dir, tmp_path):
     assert grpo["global_step"] == 2
     rewards = [h for h in grpo["log"] if "rewards/f1_reward/mean" in h]
     assert rewards and all(0.0 <= h["rewards/f1_reward/mean"] <= 1.0 for h in rewards)
+    assert all(-1.0 <= h["rewards/rule_penalty/mean"] <= 0.0 for h in rewards)  # the rule engine as a term
     assert len(coder.predict(test)) == len(test)
 
 

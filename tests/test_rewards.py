@@ -9,6 +9,7 @@ from icdcoder.training.rewards import (
     fbeta_reward,
     format_reward,
     invalid_code_penalty,
+    rule_penalty,
     set_f1,
     set_fbeta,
     weighted_f1_reward,
@@ -179,3 +180,29 @@ def test_combine_pairs_functions_and_weights():
 def test_combine_rejects_bad_pairs(args, error):
     with pytest.raises(error):
         combine(*args)
+
+
+# --- rule penalty: the rule engine's checks as a reward ----------------------------------------------
+def test_rule_penalty_counts_each_violation():
+    penalty = rule_penalty(penalty=0.25)
+    assert penalty.__name__ == "rule_penalty"
+    completions = [
+        "<code>E11.9, I10</code>",             # clean: 0
+        "<code>E11.9, E10.9</code>",           # Excludes1 pair: -0.25
+        chat("<code>K21, K21.9, I50</code>"),  # parent with child, K21 and I50 categories: -0.75
+        "<code>Q99.99, I10</code>",            # not a code: -0.25
+        "<code>A00</code> junk <code>",        # A00 is a category: -0.25
+    ]
+    assert penalty(["p"] * 5, completions) == pytest.approx([0.0, -0.25, -0.75, -0.25, -0.25])
+
+
+def test_rule_penalty_respects_the_config_and_the_system_column():
+    from icdcoder.rules import RuleConfig
+
+    lenient = rule_penalty(RuleConfig(billable="off", excludes1=False), penalty=0.5)
+    assert lenient(["p"], ["<code>K21, E11.9, E10.9</code>"]) == [0.0]
+    icd9 = rule_penalty(penalty=0.5)
+    assert icd9(["p"] * 2, ["<code>250.00, 401.9</code>", "<code>250, 999.99</code>"],
+                system=["icd9cm", "icd9cm"]) == pytest.approx([0.0, -1.0])
+    with pytest.raises(ValueError):
+        rule_penalty(penalty=-1)

@@ -9,12 +9,14 @@ WORDS = {"I10": "hypertension", "E11.9": "diabetes", "J18.9": "pneumonia", "N39.
 FILLER = "patient admitted stable discharged home follow up clinic vitals normal".split()
 
 
-def _notes(n, seed):
+def _notes(n, seed, vocabulary=None):
+    """Toy notes: filler plus one telling word per code (``vocabulary``: code -> word)."""
+    vocabulary = vocabulary or WORDS
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        codes = [c for c in WORDS if rng.random() < 0.4] or ["I10"]
-        words = list(rng.choice(FILLER, 12)) + [WORDS[c] for c in codes]
+        codes = [c for c in vocabulary if rng.random() < 0.4] or ["I10"]
+        words = list(rng.choice(FILLER, 12)) + [vocabulary[c] for c in codes]
         rng.shuffle(words)
         out.append(Note.build(f"s{seed}-{i}", " ".join(words), [(c, "icd10cm") for c in codes]))
     return out

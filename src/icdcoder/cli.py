@@ -328,6 +328,62 @@ def print_stats(s: dict[str, Any]) -> None:
         out.print(f"[yellow]warning[/]: {w['count']:,} x {kind}")
 
 
+class GemPolicy(str, Enum):
+    all = "all"
+    first = "first"
+    closest = "closest"
+    prior = "prior"
+
+
+def _icd_version(v: int) -> int:
+    if v not in (9, 10):
+        raise typer.BadParameter(f"must be 9 or 10, not {v}")
+    return v
+
+
+ToOpt = typer.Option(..., "--to", callback=_icd_version, help="Target ICD version: 9 or 10.")
+PriorOpt = typer.Option(None, "--prior", help="A prepared dataset in the target version: its training code counts pick among GEM alternatives (policy prior).")
+
+
+@data_app.command("recode")
+def recode(
+    data_dir: Path = typer.Argument(..., help="A prepared dataset folder; every split is recoded."),
+    to: int = ToOpt,
+    policy: GemPolicy = typer.Option(GemPolicy.closest, "--policy", help="Which GEM alternatives a code keeps: closest (one: exact rows, else the closest description, else unspecified), first (one, exact rows first, GEM order), prior (the most frequent in --prior), all."),
+    prior: Optional[Path] = PriorOpt,
+    out_dir: Path = OutOpt,
+) -> None:
+    """Map every gold code to the other ICD version through the CMS GEMs (spans follow their codes)."""
+    from icdcoder.data.store import iter_notes, read_manifest, write_dataset
+    from icdcoder.rules.versions import RecodeReport, iter_recoded, prior_from_dataset
+
+    manifest = read_manifest(data_dir)
+    items = ((split, note) for split, info in manifest["splits"].items() for note in iter_notes(data_dir / info["file"]))
+    report = RecodeReport()
+    options = {"recoded_from": str(data_dir), "to_version": to, "policy": policy.value,
+               "prior": str(prior) if prior else None, "source_options": manifest.get("options", {})}
+
+    counts = prior_from_dataset(prior) if prior else None
+
+    def recoded():  # the manifest is written after the last note, so it can hold the whole report
+        yield from iter_recoded(items, to, report, policy=policy.value, prior=counts)
+        options["recode"] = report.as_dict()
+
+    start = time.perf_counter()
+    written = write_dataset(_progress(recoded(), f"recoding to ICD-{to}"), out_dir, name=f"{manifest['name']}-icd{to}",
+                            source=manifest.get("source", "recoded"), fmt=manifest.get("format", "jsonl"),
+                            options=options)
+    _print_manifest(written, out_dir, time.perf_counter() - start)
+    t = Table("", "count", title=f"GEM recoding to ICD-{to} (policy {policy.value})")
+    for key, value in report.as_dict().items():
+        if key != "no_map_codes":
+            t.add_row(key.replace("_", " "), f"{value:,}")
+    out.print(t)
+    dropped = report.as_dict()["no_map_codes"]
+    if dropped:
+        console.print("[yellow]no map[/]: " + ", ".join(f"{c} ({n})" for c, n in list(dropped.items())[:10]))
+
+
 # ------------------------------------------------------------------------------------------- ontology
 @ontology_app.command("lookup")
 def ontology_lookup(
@@ -454,6 +510,44 @@ def evaluate(
         out.print(f"metrics -> {json_out}")
 
 
+@app.command("translate")
+def translate(
+    pred: Path = typer.Argument(..., help="Predictions JSONL of a coder trained on the other ICD version."),
+    to: int = ToOpt,
+    model: Optional[Path] = typer.Option(None, "--model", help="The coder folder that made the predictions: its label space gives each code's system."),
+    from_system: Optional[str] = typer.Option(None, "--from-system", help="Read every code as this system (icd9cm, icd9pcs, icd10cm, icd10pcs); default: inferred from its form."),
+    policy: GemPolicy = typer.Option(GemPolicy.all, "--policy", help="Which GEM alternatives a code keeps: all, closest (one: exact rows, else the closest description), first (exact rows first, GEM order), prior (the most frequent in --prior)."),
+    prior: Optional[Path] = PriorOpt,
+    approximate_weight: float = typer.Option(1.0, "--approximate-weight", min=0.0, help="Multiply the score of codes reached through an approximate mapping by this."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Translated predictions JSONL (written atomically; threshold.json beside it)."),
+) -> None:
+    """Map predicted codes to the other ICD version through the CMS GEMs, each change recorded as an edit."""
+    from icdcoder.evaluation import stored_thresholds
+    from icdcoder.io import write_json
+    from icdcoder.prediction import read_predictions, write_predictions
+    from icdcoder.rules.versions import (edit_summary, infer_system_of, model_system_of, prior_from_dataset,
+                                         translate_predictions, translate_thresholds)
+
+    if model is not None and from_system is not None:
+        raise typer.BadParameter("give --model or --from-system, not both")
+    system_of = model_system_of(model) if model is not None else infer_system_of(to, from_system)
+    counts = prior_from_dataset(prior) if prior else None
+    preds = translate_predictions(read_predictions(pred), system_of, to, policy=policy.value, prior=counts,
+                                  approximate_weight=approximate_weight)
+    write_predictions(preds, out_path)
+    threshold, per_code, source = stored_thresholds(pred)
+    if source is None and model is not None:
+        threshold, per_code, source = stored_thresholds(model / "coder.json")
+    if source is not None:
+        moved = translate_thresholds(per_code, system_of, to, policy=policy.value, prior=counts)
+        if out_path.parent.resolve() == pred.parent.resolve():
+            moved = {**per_code, **moved}  # the input's thresholds must keep working too
+        write_json(out_path.parent / "threshold.json", {"threshold": threshold, "per_code_thresholds": moved})
+    s = edit_summary(preds)
+    out.print(f"{len(preds):,} notes: {s['mapped']:,} codes mapped, {s['dropped']:,} dropped, "
+              f"{s['approximate']:,} of {s['codes']:,} output codes approximate -> {out_path}")
+
+
 @app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.json and predictions.jsonl)."),
@@ -484,6 +578,97 @@ def print_metrics(runs: dict[str, dict[str, Any]]) -> None:
     for c in METRIC_COLUMNS:
         t.add_row(c.replace("_", " "), *[_num(m.get(c)) for m in runs.values()])
     out.print(t)
+
+
+# ------------------------------------------------------------------------------------------- using a coder
+class Billable(str, Enum):
+    specify = "specify"
+    flag = "flag"
+    drop = "drop"
+    off = "off"
+
+
+def _rule_config(rules: bool, billable: "Billable", codes_file: Optional[Path], label_space: bool) -> Any:
+    from icdcoder.rules import RuleConfig
+
+    if not rules:
+        return RuleConfig.none()
+    return RuleConfig(billable=billable.value, codes_file=codes_file, label_space=label_space)
+
+
+def _notes_to_code(source: str) -> list[Any]:
+    """A .txt file is one note; .jsonl/.csv hold one note per line/row ({id, text}); ``-`` reads stdin:
+    JSONL when it starts with ``{``, else one plain-text note."""
+    from icdcoder.data.note import Note
+    from icdcoder.data.userfile import iter_user_notes
+    from icdcoder.io import read_text_utf8
+
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        if raw.lstrip().startswith(b"{"):
+            return [n for _, n in iter_user_notes("<stdin>", lines=raw.splitlines())]
+        text, note_id = raw.decode("utf-8", errors="replace"), "stdin"
+    else:
+        path = Path(source)
+        if path.suffix.lower() in (".jsonl", ".csv", ".tsv"):
+            return [n for _, n in iter_user_notes(path)]
+        text, note_id = read_text_utf8(path), path.stem
+    if not text.strip():
+        raise IcdcoderError(f"{source}: the note is empty")
+    return [Note(id=note_id, text=text)]
+
+
+def print_coded(coded: Any, text: str) -> None:
+    """One rich table per note: rank, code, description, score, first evidence, flags; then the edits."""
+    t = Table("#", "code", "description", "score", "evidence", "flags", title=f"note {coded.id}",
+              caption=f"suggested: score >= {coded.threshold:.3f}")
+    for i, c in enumerate(coded.codes, 1):
+        ev = "; ".join(dict.fromkeys(f"\"{e.text or text[e.start:e.end]}\"" for e in c.evidence[:2]))
+        style = None if c.suggested else "dim"
+        t.add_row(str(i), c.code, c.description or "?", f"{c.score:.3f}", ev, ", ".join(c.flags), style=style)
+    out.print(t)
+    for e in coded.edits:
+        out.print(f"  [yellow]{e.rule}[/] {e.action} {' -> '.join(e.codes)}: {e.reason}")
+
+
+@app.command("code")
+def code(
+    source: str = typer.Argument(..., help="note.txt (one note), notes.jsonl / notes.csv ({id, text} per line), "
+                                            "or - for stdin (JSONL or plain text)."),
+    model: Path = typer.Option(..., "--model", help="A saved coder folder (a run's model/)."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per note instead of tables."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSONL here (atomically)."),
+    top_k: int = typer.Option(10, "--top-k", help="List at most this many codes per note."),
+    candidates: bool = typer.Option(False, "--candidates", help="Also list codes below the threshold."),
+    rules: bool = typer.Option(True, "--rules/--no-rules", help="Apply the ICD rule engine after the coder."),
+    billable: Billable = typer.Option(Billable.specify, "--billable", help="Category codes: replace by the "
+                                      "unspecified subcode, flag, drop, or leave."),
+    codes_file: Optional[Path] = typer.Option(None, "--codes-file", help="A CMS code list of one fiscal year "
+                                              "to check codes against (icd10cm_codes_YYYY.txt)."),
+    label_space: bool = typer.Option(False, "--label-space", help="Drop codes outside the model's label space."),
+    to: Optional[int] = typer.Option(None, "--to", help="Translate the codes to ICD version 9 or 10 (GEMs)."),
+) -> None:
+    """Code notes with a trained coder: ranked codes with descriptions, scores and evidence."""
+    from icdcoder.io import atomic_write
+    from icdcoder.pipeline import CodingPipeline
+
+    notes = _notes_to_code(source)
+    pipeline = CodingPipeline.from_dir(model, rules=_rule_config(rules, billable, codes_file, label_space),
+                                       to_version=to, top_k=None)
+    coded = pipeline.code(notes)
+    for c in coded:
+        c.codes = ([x for x in c.codes if x.suggested] if not candidates else c.codes)[:top_k]
+    if out_path is not None:
+        with atomic_write(out_path) as fh:
+            for c in coded:
+                fh.write(c.model_dump_json() + "\n")
+        out.print(f"{len(coded):,} notes -> {out_path}")
+    elif jsonl:
+        for c in coded:
+            print(c.model_dump_json(), flush=True)
+    else:
+        for c, n in zip(coded, notes):
+            print_coded(c, n.text)
 
 
 # ------------------------------------------------------------------------------------------- study / demo
@@ -546,6 +731,59 @@ def _has_torch() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+# ------------------------------------------------------------------------------------------------- serve
+@app.command("serve")
+def serve(
+    model: Path = typer.Option(..., "--model", help="A saved coder folder (a run's model/)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs a token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="ICDCODER_TOKEN", show_envvar=True,
+                                        help="Bearer token every API call must send (the env var keeps it out of the process list)."),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help="Largest request body; bigger gets 413. Default 1 MiB."),
+    max_notes: Optional[int] = typer.Option(None, "--max-notes", help="Notes per request. Default 64."),
+    max_note_chars: Optional[int] = typer.Option(None, "--max-note-chars", help="Characters per note. Default 200,000."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Requests coding at once. Default 4."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Requests waiting for a slot; beyond it 503 with Retry-After. Default 16."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a request may wait and code before 503/504. Default 60."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Candidates listed per note (default: all the coder returns)."),
+    rules: bool = typer.Option(True, "--rules/--no-rules", help="Apply the ICD rule engine after the coder."),
+    billable: Billable = typer.Option(Billable.specify, "--billable", help="Category codes: replace by the "
+                                      "unspecified subcode, flag, drop, or leave."),
+    codes_file: Optional[Path] = typer.Option(None, "--codes-file", help="A CMS code list of one fiscal year "
+                                              "to check codes against (icd10cm_codes_YYYY.txt)."),
+    label_space: bool = typer.Option(False, "--label-space", help="Drop codes outside the model's label space."),
+    to: Optional[int] = typer.Option(None, "--to", help="Translate the codes to ICD version 9 or 10 (GEMs)."),
+) -> None:
+    """Serve a coder over HTTP: POST /v1/code, GET /v1/codes/{code}, the review page at /, API docs at /docs.
+
+    The rule options are those of ``icdcoder code``: the same options give the same codes."""
+    from pydantic import ValidationError
+
+    from icdcoder.data.note import first_error
+    from icdcoder.serving.settings import ServeSettings
+
+    given = {"host": host, "port": port, "token": token, "max_body_bytes": max_body_bytes, "max_notes": max_notes,
+             "max_note_chars": max_note_chars, "max_concurrency": max_concurrency, "max_queue": max_queue,
+             "timeout_s": timeout, "top_k": top_k}
+    try:
+        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        field, msg = first_error(e)
+        raise IcdcoderError(f"{field}: {msg}" if field else msg) from None
+    try:
+        from icdcoder.serving.server import load_app, run
+    except ImportError as e:
+        raise IcdcoderError(f"icdcoder serve needs the serve extra ({e.name} is missing): "
+                            "pip install -c constraints.txt -e '.[serve]'") from None
+    try:
+        web_app = load_app(model, settings, rules=_rule_config(rules, billable, codes_file, label_space), to_version=to)
+    except ValueError as e:  # option combinations the pipeline refuses (--to 11, --label-space with --to)
+        raise IcdcoderError(str(e)) from None
+    where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    console.print(f"review page {where}/ · API docs {where}/docs" + (" · token required" if settings.token else ""))
+    run(web_app, settings)
 
 
 def main() -> None:

@@ -81,6 +81,8 @@ class ExperimentConfig(BaseModel):
     output: str
     # code-centric mixed training (icdcoder.training.mixing.CodeCentricConfig); None: documents only
     code_centric: dict[str, Any] | None = None
+    # the ICD rule engine after the coder (icdcoder.rules.RuleConfig); None: raw coder output, as in papers
+    rules: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _code_centric(self) -> "ExperimentConfig":
@@ -88,6 +90,10 @@ class ExperimentConfig(BaseModel):
             from icdcoder.training.mixing import CodeCentricConfig
 
             CodeCentricConfig.model_validate(self.code_centric)  # errors name the field
+        if self.rules is not None:
+            from icdcoder.rules import RuleConfig
+
+            RuleConfig.model_validate(self.rules)
         return self
 
     @classmethod
@@ -216,6 +222,11 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
                                             "per_code_thresholds": coder.per_code_thresholds})
     info["predict"] = {}
     metrics: dict[str, Any] = {}
+    engine = None
+    if cfg.rules is not None:
+        from icdcoder.rules import RuleConfig, RuleEngine
+
+        engine = RuleEngine(RuleConfig.model_validate(cfg.rules), label_space=coder.label_systems or None)
     splits = [s for s in cfg.eval_splits if s in ds]
     for split in splits:
         notes = ds[split]
@@ -226,6 +237,11 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
                                   "notes_per_second": round(len(notes) / max(seconds, 1e-9), 2)}
         if getattr(coder, "last_predict_stats", None):  # generative coders: malformed answers, invalid codes
             info["predict"][split]["generation"] = dict(coder.last_predict_stats)
+        if engine is not None:
+            from icdcoder.rules import edit_counts
+
+            preds = [engine.apply(p, coder.system_of, coder.threshold, coder.per_code_thresholds) for p in preds]
+            info["predict"][split]["rule_edits"] = edit_counts(preds)
         pred_path = run_dir / f"predictions-{split}.jsonl"
         write_predictions(preds, pred_path)
         # threshold None: threshold.json beside the predictions (global and per-code) is applied

@@ -4,7 +4,8 @@ One note per line::
 
     {"id": "n1", "codes": [{"code": "I50.9", "score": 0.93, "evidence": [{"start": 10, "end": 23, "text": "heart failure"}]}]}
 
-Codes are ranked by score, highest first. A coder without scores (a generative LM that only writes
+Codes are ranked by score, highest first. ``edits`` (present only when some fired) record what the
+rule engine or a GEM translation changed: which rule, which codes, why. A coder without scores (a generative LM that only writes
 a code set) gives each code score 1.0 and sets ``"scored": false`` so ranking metrics know.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,12 +44,28 @@ class ScoredCode(BaseModel):
     flags: list[str] = Field(default_factory=list)
 
 
+class RuleEdit(BaseModel):
+    """One change made after the coder: ``codes`` are those it touched, in an order fixed per action.
+
+    ``drop``: [dropped]; ``replace``: [old, new, ...]; ``drop`` in favour of another code (parent and
+    child, Excludes1): [dropped, kept]; ``flag``: [flagged].
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str = Field(min_length=1)
+    action: Literal["drop", "replace", "flag"]
+    codes: list[str]
+    reason: str = ""
+
+
 class Prediction(BaseModel):
     """A coder's answer for one note: codes ranked by score, each with its evidence."""
 
     id: str = Field(min_length=1)
     codes: list[ScoredCode] = Field(default_factory=list)
     scored: bool = True
+    edits: list[RuleEdit] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ranked_unique(self) -> "Prediction":
@@ -87,6 +104,8 @@ def write_predictions(preds: Iterable[Prediction], path: str | Path) -> None:
             rec = p.model_dump(exclude_defaults=False)
             if rec["scored"]:
                 del rec["scored"]
+            if not rec["edits"]:
+                del rec["edits"]
             for c in rec["codes"]:
                 if not c["flags"]:
                     del c["flags"]

@@ -46,6 +46,7 @@ class StudyRun(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     per_code_threshold: bool = False
     code_centric: dict[str, Any] | None = None  # mixed span + document training (training.mixing)
+    rules: dict[str, Any] | None = None  # the ICD rule engine after the coder (rules.RuleConfig)
     compare_to: str | None = None  # the run the bootstrap compares this one with (default: the one before)
 
 
@@ -135,7 +136,8 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
             params["model"] = str(tiny.resolve())
         exp = ExperimentConfig(name=r.name, seed=cfg.seed, data={"path": str(data_dir)},
                                coder={"name": r.coder, "params": params}, threshold={"per_code": r.per_code_threshold},
-                               eval_splits=cfg.eval_splits, output=str(out / r.name), code_centric=r.code_centric)
+                               eval_splits=cfg.eval_splits, output=str(out / r.name), code_centric=r.code_centric,
+                               rules=r.rules)
         log(f"== {r.name} ({r.coder}) ==")
         start = time.perf_counter()
         result = run_experiment(exp, log=log)

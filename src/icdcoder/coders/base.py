@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from icdcoder.codes import CodeFormatError, CodeSystem, infer_system, parse_system
 from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import atomic_dir, write_json
@@ -44,7 +46,9 @@ class Coder(ABC):
 
     ``threshold`` is the decision threshold tuned on validation (a code is predicted when its score
     is at or above it); it is saved with the model. ``params`` are the constructor arguments, saved
-    so that ``load`` rebuilds the same coder.
+    so that ``load`` rebuilds the same coder. ``label_systems`` (code -> system of every training
+    code, set by ``fit`` through :meth:`_remember_labels`) is the label space the rule engine and
+    the server check predictions against.
     """
 
     name: ClassVar[str] = "coder"
@@ -54,6 +58,22 @@ class Coder(ABC):
         self.params = params
         self.threshold: float = 0.5
         self.per_code_thresholds: dict[str, float] = {}
+        self.label_systems: dict[str, str] = {}
+
+    def _remember_labels(self, train: Sequence[Note]) -> None:
+        """Record the training label space with each code's system (every ``fit`` calls this)."""
+        self.label_systems = {c: n.code_systems[c].value for n in train for c in n.codes}
+
+    def system_of(self, code: str) -> CodeSystem | None:
+        """The system of a predicted code: from the label space, else inferred from its form within
+        the label space's ICD version; None when neither says."""
+        if code in self.label_systems:
+            return parse_system(self.label_systems[code])
+        versions = Counter(parse_system(s).version for s in self.label_systems.values())
+        try:
+            return infer_system(code, version=versions.most_common(1)[0][0] if versions else None)
+        except (CodeFormatError, ValueError):
+            return None
 
     @abstractmethod
     def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "Coder": ...
@@ -88,7 +108,8 @@ class Coder(ABC):
         with atomic_dir(folder, marker=CODER_FILE) as stage:
             self._save_state(stage)
             write_json(stage / CODER_FILE, {"coder": self.name, "params": self.params, "threshold": self.threshold,
-                                            "per_code_thresholds": self.per_code_thresholds})
+                                            "per_code_thresholds": self.per_code_thresholds,
+                                            "label_systems": self.label_systems})
         return Path(folder)
 
     @staticmethod
@@ -102,5 +123,6 @@ class Coder(ABC):
         coder = coder_class(meta["coder"])(**meta.get("params", {}))
         coder.threshold = float(meta.get("threshold", 0.5))
         coder.per_code_thresholds = {k: float(v) for k, v in meta.get("per_code_thresholds", {}).items()}
+        coder.label_systems = dict(meta.get("label_systems", {}))  # absent in models saved before it existed
         coder._load_state(folder)
         return coder

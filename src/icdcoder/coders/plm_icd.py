@@ -296,6 +296,7 @@ class PlmIcdCoder(Coder):
                 raise IcdcoderError(f"checkpoint {ckpt_dir} was made with other model settings "
                                     f"({state['fingerprint']}); use a new checkpoint_dir")
         self.codes = codes
+        self._remember_labels(train)
         self._build(self._encoder_source(), len(codes))
         device = self._device()
         model = self.model.to(device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from icdcoder.codes import CodeFormatError, CodeSystem, infer_system, parse_system
 from icdcoder.data.codecheck import CodeResolver
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from icdcoder.data.note import Note, Span, canonical_split, first_error
 from icdcoder.errors import DataError
-from icdcoder.io import iter_jsonl
+from icdcoder.io import iter_jsonl, iter_jsonl_lines
 
 _KNOWN = {"code_systems", "spans", "admission_time", "patient_id", "metadata"}
 
@@ -60,14 +60,20 @@ def _csv_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict[str, 
 def iter_user_notes(path: str | Path, *, split: str | None = "test", split_field: str | None = None,
                     id_field: str = "id", text_field: str = "text", codes_field: str = "codes",
                     system: str | CodeSystem | None = None, codes_sep: str = ";",
-                    resolver: CodeResolver | None = None) -> Iterator[tuple[str, Note]]:
-    """Yield ``(split, Note)``: every note goes to ``split``, or to the value of its ``split_field``."""
+                    resolver: CodeResolver | None = None,
+                    lines: Iterable[bytes] | None = None) -> Iterator[tuple[str, Note]]:
+    """Yield ``(split, Note)``: every note goes to ``split``, or to the value of its ``split_field``.
+
+    ``lines``: read JSONL from these byte lines (e.g. stdin) instead of the file; ``path`` names them."""
     path = Path(path)
     resolver = resolver or CodeResolver()
     default_system = parse_system(system) if system is not None else None
     is_csv = path.suffix.lower() in (".csv", ".tsv")
     required = [id_field, text_field] + ([split_field] if split_field else [])
-    rows = _csv_rows(path, required) if is_csv else iter_jsonl(path)
+    if lines is not None:
+        rows = iter_jsonl_lines(lines, path)
+    else:
+        rows = _csv_rows(path, required) if is_csv else iter_jsonl(path)
     seen = 0
     for lineno, rec in rows:
         seen += 1

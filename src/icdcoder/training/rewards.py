@@ -7,7 +7,8 @@ ICD-10 data both work; a factory's ``system=`` argument overrides both.
 
 Content rewards parse syntactically (every well-formed code counts): a made-up code simply fails to
 match the gold set, and asking the ontology inside every training step would be slow for nothing.
-:func:`invalid_code_penalty` is the one reward that checks validity. TRL logs rewards by function name,
+:func:`invalid_code_penalty` and :func:`rule_penalty` (the rule engine's checks) are the rewards that
+check validity. TRL logs rewards by function name,
 so the factories return functions with a telling ``__name__``.
 """
 
@@ -191,6 +192,33 @@ def invalid_code_penalty(valid: Callable[[str], bool] | Container[str] | None, p
         return [-min(1.0, penalty * len(p.invalid)) for p in _parse_all(completions, systems, valid)]
 
     return _named(reward, "invalid_code_penalty")
+
+
+def rule_penalty(config: Any = None, penalty: float = 0.1, *, system: str | CodeSystem | None = None,
+                 label_space: Collection[str] | None = None) -> RewardFunc:
+    """Minus ``penalty`` per coding-rule violation in the answer (floored at -1): invalid codes,
+    categories instead of billable codes, a parent with its own child, Excludes1 pairs. The checks
+    are the rule engine's (:class:`icdcoder.rules.RuleConfig` ``config`` says which), so what GRPO
+    teaches and what the engine edits after prediction are the same rules."""
+    from icdcoder.rules.engine import RuleEngine
+
+    if penalty < 0:
+        raise ValueError(f"penalty must be non-negative, got {penalty}")
+    engine = RuleEngine(config, label_space=label_space)
+
+    def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        systems = _systems(len(completions), system, kwargs.get("system"))
+        out = []
+        for p, row_system in zip(_parse_all(completions, systems), systems):
+            def system_of(code: str, s: CodeSystem | None = row_system) -> CodeSystem | None:
+                try:
+                    return s or infer_system(code)
+                except (CodeFormatError, ValueError):
+                    return None
+            out.append(-min(1.0, penalty * len(engine.violations(p.codes, system_of))))
+        return out
+
+    return _named(reward, "rule_penalty")
 
 
 def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:

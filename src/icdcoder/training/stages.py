@@ -38,7 +38,8 @@ def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[li
 
     ``f1`` (sample-level F1 against the gold set), ``fbeta:B``, ``weighted_f1`` (codes weighted by
     1/sqrt(training frequency)), ``format`` (one clean answer block), ``invalid`` (penalty per code
-    outside the valid set), ``evidence`` (share of codes whose quote is found in the note; evidence mode).
+    outside the valid set), ``rules`` (penalty per rule-engine violation: invalid, category, parent with
+    child, Excludes1), ``evidence`` (share of codes whose quote is found in the note; evidence mode).
     """
     funcs, weights = [], []
     for name, w in spec.items():
@@ -52,11 +53,16 @@ def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[li
             f = R.format_reward
         elif name == "evidence":
             f = R.evidence_reward
+        elif name == "rules":
+            from icdcoder.coders.generative.prompts import code_system
+
+            f = R.rule_penalty(system=code_system(coder.prompt_cfg.system))
         elif name == "invalid":
             valid = coder.validity()
             f = R.invalid_code_penalty(valid if valid is not None else _ontology_valid(coder.prompt_cfg.system))
         else:
-            raise IcdcoderError(f"unknown reward {name!r}; known: f1, fbeta:B, weighted_f1, format, invalid, evidence")
+            raise IcdcoderError(f"unknown reward {name!r}; known: f1, fbeta:B, weighted_f1, format, invalid, rules, "
+                               "evidence")
         funcs.append(f)
         weights.append(float(w))
     return funcs, weights

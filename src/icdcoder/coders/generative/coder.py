@@ -97,6 +97,7 @@ class GenerativeCoder(Coder):
 
     def _prepare(self, train: Sequence[Note]) -> None:
         """Label space, example pool, and the starting LM (built, inherited or named)."""
+        self._remember_labels(train)
         self.label_space = dict(Counter(c for n in train for c in n.codes))
         if self.prompt_cfg.few_shot or self.prompt_cfg.candidates:
             self._pool = Retriever([n.text for n in train], [n.codes for n in train])

@@ -10,8 +10,6 @@ from typing import Iterator
 
 import uvicorn
 
-from icdcoder.pipeline import CodingPipeline
-
 
 @contextlib.contextmanager
 def running(app) -> Iterator[str]:
@@ -33,10 +31,3 @@ def running(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-def warm_pipeline(model_dir) -> CodingPipeline:
-    """The pipeline with the ontology already loaded, so request timings in tests are the model's."""
-    pipeline = CodingPipeline.from_dir(model_dir)
-    pipeline.code_text("warm-up note")
-    return pipeline

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from icdcoder.serving.app import create_app
+from icdcoder.serving.server import warm_pipeline
 from icdcoder.serving.settings import ServeSettings
-from tests.serving_helpers import running, warm_pipeline
+from tests.serving_helpers import running
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

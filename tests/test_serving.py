@@ -15,8 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from icdcoder.serving.app import create_app
+from icdcoder.serving.server import warm_pipeline
 from icdcoder.serving.settings import ServeSettings
-from tests.serving_helpers import running, warm_pipeline
+from tests.serving_helpers import running
 
 SECRET = "Zyxwvut-PATIENT-SECRET-4417"  # a string no code path may write to a log or an error body
 TOKEN = "test-token-0123456789abcdef"

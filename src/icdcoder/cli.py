@@ -335,8 +335,8 @@ class GemPolicy(str, Enum):
     prior = "prior"
 
 
-def _icd_version(v: int) -> int:
-    if v not in (9, 10):
+def _icd_version(v: int | None) -> int | None:
+    if v is not None and v not in (9, 10):
         raise typer.BadParameter(f"must be 9 or 10, not {v}")
     return v
 
@@ -374,12 +374,13 @@ def recode(
                             source=manifest.get("source", "recoded"), fmt=manifest.get("format", "jsonl"),
                             options=options)
     _print_manifest(written, out_dir, time.perf_counter() - start)
+    summary = options["recode"]
     t = Table("", "count", title=f"GEM recoding to ICD-{to} (policy {policy.value})")
-    for key, value in report.as_dict().items():
+    for key, value in summary.items():
         if key != "no_map_codes":
             t.add_row(key.replace("_", " "), f"{value:,}")
     out.print(t)
-    dropped = report.as_dict()["no_map_codes"]
+    dropped = summary["no_map_codes"]
     if dropped:
         console.print("[yellow]no map[/]: " + ", ".join(f"{c} ({n})" for c, n in list(dropped.items())[:10]))
 
@@ -588,7 +589,18 @@ class Billable(str, Enum):
     off = "off"
 
 
-def _rule_config(rules: bool, billable: "Billable", codes_file: Optional[Path], label_space: bool) -> Any:
+# the options `code` and `serve` share: the same options give the same codes
+RulesOpt = typer.Option(True, "--rules/--no-rules", help="Apply the ICD rule engine after the coder.")
+BillableOpt = typer.Option(Billable.specify, "--billable", help="Category codes: replace by the unspecified "
+                           "subcode, flag, drop, or leave.")
+CodesFileOpt = typer.Option(None, "--codes-file", help="A CMS code list of one fiscal year to check codes "
+                            "against (icd10cm_codes_YYYY.txt).")
+LabelSpaceOpt = typer.Option(False, "--label-space", help="Drop codes outside the model's label space.")
+TranslateOpt = typer.Option(None, "--to", callback=_icd_version,
+                            help="Translate the codes to ICD version 9 or 10 (GEMs).")
+
+
+def _rule_config(rules: bool, billable: Billable, codes_file: Optional[Path], label_space: bool) -> Any:
     from icdcoder.rules import RuleConfig
 
     if not rules:
@@ -640,13 +652,8 @@ def code(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSONL here (atomically)."),
     top_k: int = typer.Option(10, "--top-k", help="List at most this many codes per note."),
     candidates: bool = typer.Option(False, "--candidates", help="Also list codes below the threshold."),
-    rules: bool = typer.Option(True, "--rules/--no-rules", help="Apply the ICD rule engine after the coder."),
-    billable: Billable = typer.Option(Billable.specify, "--billable", help="Category codes: replace by the "
-                                      "unspecified subcode, flag, drop, or leave."),
-    codes_file: Optional[Path] = typer.Option(None, "--codes-file", help="A CMS code list of one fiscal year "
-                                              "to check codes against (icd10cm_codes_YYYY.txt)."),
-    label_space: bool = typer.Option(False, "--label-space", help="Drop codes outside the model's label space."),
-    to: Optional[int] = typer.Option(None, "--to", help="Translate the codes to ICD version 9 or 10 (GEMs)."),
+    rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
+    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt,
 ) -> None:
     """Code notes with a trained coder: ranked codes with descriptions, scores and evidence."""
     from icdcoder.io import atomic_write
@@ -748,13 +755,8 @@ def serve(
     max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Requests waiting for a slot; beyond it 503 with Retry-After. Default 16."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a request may wait and code before 503/504. Default 60."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Candidates listed per note (default: all the coder returns)."),
-    rules: bool = typer.Option(True, "--rules/--no-rules", help="Apply the ICD rule engine after the coder."),
-    billable: Billable = typer.Option(Billable.specify, "--billable", help="Category codes: replace by the "
-                                      "unspecified subcode, flag, drop, or leave."),
-    codes_file: Optional[Path] = typer.Option(None, "--codes-file", help="A CMS code list of one fiscal year "
-                                              "to check codes against (icd10cm_codes_YYYY.txt)."),
-    label_space: bool = typer.Option(False, "--label-space", help="Drop codes outside the model's label space."),
-    to: Optional[int] = typer.Option(None, "--to", help="Translate the codes to ICD version 9 or 10 (GEMs)."),
+    rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
+    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt,
 ) -> None:
     """Serve a coder over HTTP: POST /v1/code, GET /v1/codes/{code}, the review page at /, API docs at /docs.
 
@@ -777,10 +779,8 @@ def serve(
     except ImportError as e:
         raise IcdcoderError(f"icdcoder serve needs the serve extra ({e.name} is missing): "
                             "pip install -c constraints.txt -e '.[serve]'") from None
-    try:
-        web_app = load_app(model, settings, rules=_rule_config(rules, billable, codes_file, label_space), to_version=to)
-    except ValueError as e:  # option combinations the pipeline refuses (--to 11, --label-space with --to)
-        raise IcdcoderError(str(e)) from None
+    # option combinations the pipeline refuses (--label-space with --to) raise ConfigError: main() prints it
+    web_app = load_app(model, settings, rules=_rule_config(rules, billable, codes_file, label_space), to_version=to)
     where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     console.print(f"review page {where}/ · API docs {where}/docs" + (" · token required" if settings.token else ""))
     run(web_app, settings)

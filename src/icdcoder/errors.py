@@ -9,6 +9,10 @@ class IcdcoderError(Exception):
     """Base of every error icdcoder raises on purpose (the CLI prints these without a traceback)."""
 
 
+class ConfigError(IcdcoderError, ValueError):
+    """Settings that cannot work together (e.g. a label-space rule after translating versions)."""
+
+
 class DataError(IcdcoderError):
     """Bad input data: names the file, the line (1-based) and the field when they are known."""
 

@@ -85,7 +85,7 @@ class ExperimentConfig(BaseModel):
     rules: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _code_centric(self) -> "ExperimentConfig":
+    def _sub_configs(self) -> "ExperimentConfig":
         if self.code_centric is not None:
             from icdcoder.training.mixing import CodeCentricConfig
 
@@ -93,7 +93,7 @@ class ExperimentConfig(BaseModel):
         if self.rules is not None:
             from icdcoder.rules import RuleConfig
 
-            RuleConfig.model_validate(self.rules)
+            RuleConfig.model_validate(self.rules)  # errors name the field
         return self
 
     @classmethod

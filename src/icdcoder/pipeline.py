@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from icdcoder.coders.base import Coder
 from icdcoder.codes import CodeSystem
 from icdcoder.data.note import Note
+from icdcoder.errors import ConfigError
 from icdcoder.ontology import get_ontology
 from icdcoder.prediction import Evidence, Prediction, RuleEdit
 from icdcoder.rules.engine import RuleConfig, RuleEngine
@@ -43,16 +44,16 @@ class CodedNote(BaseModel):
 
 
 class CodingPipeline:
-    """``coder`` -> rules -> (GEM translation) -> descriptions. ``top_k`` caps the candidates listed."""
+    """``coder`` -> (GEM translation) -> rules -> descriptions. ``top_k`` caps the candidates listed."""
 
     def __init__(self, coder: Coder, rules: RuleConfig | None = None, to_version: int | None = None,
                  top_k: int | None = None, policy: str = "closest") -> None:
         if to_version not in (None, 9, 10):
-            raise ValueError(f"to_version must be 9 or 10, got {to_version!r}")
+            raise ConfigError(f"to_version must be 9 or 10, got {to_version!r}")
         self.coder = coder
         self.rules = rules if rules is not None else RuleConfig()
         if to_version is not None and self.rules.label_space:
-            raise ValueError("the label_space rule cannot apply after translation: the label space is in "
+            raise ConfigError("the label_space rule cannot apply after translation: the label space is in "
                              "the other ICD version")
         self.engine = RuleEngine(self.rules, label_space=coder.label_systems or None)
         self.to_version, self.top_k, self.policy = to_version, top_k, policy
@@ -63,17 +64,15 @@ class CodingPipeline:
     def from_dir(cls, model_dir: str | Path, **kw: Any) -> "CodingPipeline":
         return cls(Coder.load(model_dir), **kw)
 
-    def _system_of(self, code: str) -> CodeSystem | None:
-        return self.coder.system_of(code)
-
     def predict(self, notes: Sequence[Note]) -> list[Prediction]:
-        """Raw predictions after rules and translation (what ``icdcoder code --raw`` writes)."""
+        """Predictions after translation and rules, before descriptions are added."""
         with self._lock:
             preds = self.coder.predict(list(notes))
         if self.to_version is not None:  # translate first, so the rules check the codes people will see
             from icdcoder.rules.versions import translate_prediction
 
-            preds = [translate_prediction(p, self._system_of, self.to_version, policy=self.policy) for p in preds]
+            preds = [translate_prediction(p, self.coder.system_of, self.to_version, policy=self.policy)
+                     for p in preds]
         c = self.coder
         return [self.engine.apply(p, self._code_system, c.threshold, c.per_code_thresholds) for p in preds]
 
@@ -86,7 +85,7 @@ class CodingPipeline:
     def _code_system(self, code: str) -> CodeSystem | None:
         """After a translation the coder's label space no longer says; the target version does."""
         if self.to_version is None:
-            return self._system_of(code)
+            return self.coder.system_of(code)
         from icdcoder.codes import CodeFormatError, infer_system
 
         try:

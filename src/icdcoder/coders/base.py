@@ -41,6 +41,18 @@ def coder_class(name: str) -> type["Coder"]:
     return _REGISTRY[name]
 
 
+def label_system(code: str, label_systems: dict[str, str]) -> CodeSystem | None:
+    """The system of a predicted code: from the label space (code -> system name), else inferred from
+    its form within the label space's ICD version; None when neither says."""
+    if code in label_systems:
+        return parse_system(label_systems[code])
+    versions = Counter(parse_system(s).version for s in label_systems.values())
+    try:
+        return infer_system(code, version=versions.most_common(1)[0][0] if versions else None)
+    except (CodeFormatError, ValueError):
+        return None
+
+
 class Coder(ABC):
     """Subclasses implement ``fit``, ``predict``, ``_save_state`` and ``_load_state``.
 
@@ -65,15 +77,8 @@ class Coder(ABC):
         self.label_systems = {c: n.code_systems[c].value for n in train for c in n.codes}
 
     def system_of(self, code: str) -> CodeSystem | None:
-        """The system of a predicted code: from the label space, else inferred from its form within
-        the label space's ICD version; None when neither says."""
-        if code in self.label_systems:
-            return parse_system(self.label_systems[code])
-        versions = Counter(parse_system(s).version for s in self.label_systems.values())
-        try:
-            return infer_system(code, version=versions.most_common(1)[0][0] if versions else None)
-        except (CodeFormatError, ValueError):
-            return None
+        """The system of a predicted code (see :func:`label_system`)."""
+        return label_system(code, self.label_systems)
 
     @abstractmethod
     def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "Coder": ...

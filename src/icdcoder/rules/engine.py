@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from icdcoder.codes import CodeFormatError, CodeSystem, normalize_code, parse_system
-from icdcoder.errors import DataError
+from icdcoder.errors import ConfigError, DataError
 from icdcoder.ontology import get_ontology
 from icdcoder.prediction import Prediction, RuleEdit, ScoredCode
 
@@ -97,11 +97,13 @@ class RuleEngine:
         self.config = config or RuleConfig()
         self.label_space = frozenset(label_space) if label_space is not None else None
         if self.config.label_space and self.label_space is None:
-            raise ValueError("the label_space rule needs the model's label space")
+            raise ConfigError("the label_space rule needs the model's label space (a model saved before "
+                              "coders kept it has none)")
         self.year_codes = (read_codes_file(self.config.codes_file, self.config.codes_file_system)
                            if self.config.codes_file else None)
         self._year_system = parse_system(self.config.codes_file_system)
         self.onto = get_ontology()
+        self._excluded: dict[tuple[str, CodeSystem], list[tuple[str, str]]] = {}  # per code: every pair asks
 
     # --- the checks, shared by apply() and violations() --------------------------------------------
     def _invalid(self, code: str, system: CodeSystem | None) -> str | None:
@@ -148,7 +150,11 @@ class RuleEngine:
         return None
 
     def _excludes1(self, code: str, system: CodeSystem) -> list[tuple[str, str]]:
-        """(excluded code, note text) from the Excludes1 notes of ``code`` and its ancestors."""
+        """(excluded code, note text) from the Excludes1 notes of ``code`` and its ancestors; read
+        once per code, since every pair of suggested codes asks again."""
+        key = (code, system)
+        if key in self._excluded:
+            return self._excluded[key]
         out = []
         for owner in [code, *self.onto.ancestors(code, system)]:
             info = self.onto.lookup(owner, system)
@@ -157,6 +163,7 @@ class RuleEngine:
             for excluded in info.excludes1_codes:
                 note = next((n for n in info.excludes1 if excluded in n), "")
                 out.append((excluded, f"{owner} Excludes1: {note}" if note else f"{owner} Excludes1 {excluded}"))
+        self._excluded[key] = out
         return out
 
     def _conflict(self, a: str, b: str, system_of: SystemOf) -> str | None:
@@ -198,7 +205,7 @@ class RuleEngine:
                     drop(code, "label_space", "not in the model's label space")
         if cfg.parent_child:
             ranked = suggested()
-            pairs = self._ancestor_pairs(ranked, system_of)
+            pairs = set(self._ancestor_pairs(ranked, system_of))
             ancestors = {a for a, _ in pairs}
             for ancestor in [c for c in ranked if c in ancestors]:
                 # kept: the best-scored suggested descendant that is itself the most specific

@@ -420,9 +420,7 @@ def prior_from_dataset(data_dir: str | Path, split: str = "train") -> dict[str, 
 def model_system_of(model_dir: str | Path) -> SystemOf:
     """A saved coder's ``system_of`` read from its ``coder.json`` alone: loading the weights of a
     large model only to learn its label space would take minutes."""
-    from types import SimpleNamespace
-
-    from icdcoder.coders.base import CODER_FILE, Coder
+    from icdcoder.coders.base import CODER_FILE, Coder, label_system
 
     path = Path(model_dir) / CODER_FILE
     if not path.exists():
@@ -433,7 +431,7 @@ def model_system_of(model_dir: str | Path) -> SystemOf:
         raise DataError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
     if "label_systems" not in meta:  # saved before coders kept their label space
         return Coder.load(model_dir).system_of
-    return partial(Coder.system_of, SimpleNamespace(label_systems=dict(meta["label_systems"])))
+    return partial(label_system, label_systems=dict(meta["label_systems"]))
 
 
 def infer_system_of(to_version: int, from_system: str | CodeSystem | None = None) -> SystemOf:

@@ -24,14 +24,21 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
     return cfg
 
 
+def warm_pipeline(model_dir: str | Path, **kw: Any):
+    """The pipeline of ``model_dir`` after coding one dummy note: the ontology loads now rather than
+    during the first reviewer's request (about 4 s)."""
+    from icdcoder.pipeline import CodingPipeline
+
+    pipeline = CodingPipeline.from_dir(model_dir, **kw)
+    pipeline.code_text("warm-up note")
+    return pipeline
+
+
 def load_app(model_dir: str | Path, settings: ServeSettings, rules: Any = None, to_version: int | None = None):
     """The app over the model in ``model_dir``; fails here, before any port is opened, on a bad folder."""
-    from icdcoder.pipeline import CodingPipeline
     from icdcoder.serving.app import create_app
 
-    pipeline = CodingPipeline.from_dir(model_dir, rules=rules, to_version=to_version, top_k=settings.top_k)
-    pipeline.code_text("warm-up: loads the ontology now rather than during the first reviewer's request")
-    return create_app(pipeline, settings)
+    return create_app(warm_pipeline(model_dir, rules=rules, to_version=to_version, top_k=settings.top_k), settings)
 
 
 def run(app: Any, settings: ServeSettings) -> None:

@@ -60,14 +60,6 @@ def score(d10: Path, preds, path: Path, threshold: float) -> dict:
     return evaluate_files(d10, "test", path, threshold=threshold)
 
 
-def tuned_on_val(gold, preds) -> float:
-    """The threshold that maximises micro F1 of translated val predictions against ICD-10 val gold."""
-    from icdcoder.evaluation import build_matrix, tune_global
-
-    space = sorted({c for n in gold for c in n.codes} | {c.code for p in preds for c in p.codes})
-    return float(tune_global(build_matrix(gold, preds, space)).threshold)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/adapt"))
@@ -75,6 +67,7 @@ def main() -> None:
     ap.add_argument("--approximate-weight", type=float, default=1.0)
     args = ap.parse_args()
 
+    from icdcoder.evaluation import tune_thresholds
     from icdcoder.prediction import Prediction
     from icdcoder.rules.versions import GemMapper, recode_note, translate_predictions
 
@@ -95,18 +88,17 @@ def main() -> None:
 
     c9 = fit(ds9, args.out / "model-icd9")
     test9, val9 = c9.predict(ds9["test"]), c9.predict(ds9["val"])
-    above = sum(c.score >= c9.threshold for p in test9 for c in p.codes)
+    predicted9 = {(p.id, c.code) for p in test9 for c in p.codes if c.score >= c9.threshold}
     for policy in POLICIES:
         kw = {"policy": policy, "prior": prior, "approximate_weight": args.approximate_weight}
         test10 = translate_predictions(test9, c9.system_of, 10, **kw)
-        dropped = sum(1 for p in test10 for e in p.edits if e.action == "drop"
-                      and any(c.code == e.codes[0] and c.score >= c9.threshold for c in next(
-                          q for q in test9 if q.id == p.id).codes))
+        lost = sum((p.id, e.codes[0]) in predicted9 for p in test10 for e in p.edits if e.action == "drop")
+        lost /= max(len(predicted9), 1)
         m = score(d10, test10, args.out / f"pred-icd9-to-10-{policy}.jsonl", c9.threshold)
-        rows.append((f"ICD-9 TF-IDF -> GEM {policy}", m, dropped / max(above, 1)))
-        thr = tuned_on_val(ds10["val"], translate_predictions(val9, c9.system_of, 10, **kw))
+        rows.append((f"ICD-9 TF-IDF -> GEM {policy}", m, lost))
+        thr, _ = tune_thresholds(ds10["val"], translate_predictions(val9, c9.system_of, 10, **kw))
         m = score(d10, test10, args.out / f"pred-icd9-to-10-{policy}-tuned.jsonl", thr)
-        rows.append((f"ICD-9 TF-IDF -> GEM {policy}, threshold tuned on ICD-10 val", m, dropped / max(above, 1)))
+        rows.append((f"ICD-9 TF-IDF -> GEM {policy}, threshold tuned on ICD-10 val", m, lost))
 
     for policy in POLICIES:
         back, fwd = GemMapper(policy, prior), GemMapper("closest")

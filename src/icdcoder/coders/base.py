@@ -98,14 +98,9 @@ class Coder(ABC):
         Thresholds are part of the model (saved with it, applied to test), so the coder owns the
         tuning; the search itself is the evaluation package's, so every coder tunes the same way.
         """
-        from icdcoder.evaluation import build_matrix, tune_global, tune_per_code
+        from icdcoder.evaluation import tune_thresholds
 
-        preds = self.predict(val)
-        codes = sorted({c for n in val for c in n.codes} | {c.code for p in preds for c in p.codes})
-        m = build_matrix(val, preds, codes)
-        tuned = tune_global(m)
-        self.threshold = float(tuned.threshold)
-        self.per_code_thresholds = dict(tune_per_code(m, self.threshold).per_code) if per_code else {}
+        self.threshold, self.per_code_thresholds = tune_thresholds(val, self.predict(val), per_code)
         return self.threshold
 
     def save(self, folder: str | Path) -> Path:

@@ -12,12 +12,12 @@ from icdcoder.evaluation.analysis import error_analysis, relation
 from icdcoder.evaluation.bootstrap import paired_bootstrap
 from icdcoder.evaluation.metrics import ScoreMatrix, all_metrics, pr_curve
 from icdcoder.evaluation.protocol import (align, build_matrix, evaluate, evaluate_files, evaluate_matrix,
-                                          stored_thresholds)
+                                          stored_thresholds, tune_thresholds)
 from icdcoder.evaluation.report import RunData, compare, compare_runs
 from icdcoder.evaluation.thresholds import Thresholds, tune_global, tune_per_code
 
 __all__ = [
     "RunData", "ScoreMatrix", "Thresholds", "align", "all_metrics", "build_matrix", "compare", "compare_runs",
     "error_analysis", "evaluate", "evaluate_files", "evaluate_matrix", "paired_bootstrap", "pr_curve", "relation",
-    "stored_thresholds", "tune_global", "tune_per_code",
+    "stored_thresholds", "tune_global", "tune_per_code", "tune_thresholds",
 ]

@@ -33,6 +33,7 @@ from icdcoder.data.note import Note
 from icdcoder.data.stats import BUCKETS, bucket_of
 from icdcoder.errors import DataError
 from icdcoder.evaluation.metrics import ScoreMatrix, all_metrics, macro_prf, micro_prf, per_code_counts
+from icdcoder.evaluation.thresholds import tune_global, tune_per_code
 from icdcoder.prediction import Prediction, read_predictions
 
 DEFAULT_THRESHOLD = 0.5
@@ -97,6 +98,16 @@ def build_matrix(gold: Sequence[Note], preds: Sequence[Prediction], codes: Seque
     return ScoreMatrix.build([n.id for n in gold], [n.codes for n in gold],
                              [[(c.code, c.score) for c in p.codes] for p in preds], codes,
                              [p.scored for p in preds])
+
+
+def tune_thresholds(gold: Sequence[Note], preds: Sequence[Prediction],
+                    per_code: bool = False) -> tuple[float, dict[str, float]]:
+    """The global threshold (and, when asked, per-code ones) that maximise micro F1 of aligned
+    ``preds`` on ``gold``, over every code either of them names."""
+    codes = sorted({c for n in gold for c in n.codes} | {c.code for p in preds for c in p.codes})
+    m = build_matrix(gold, preds, codes)
+    threshold = float(tune_global(m).threshold)
+    return threshold, dict(tune_per_code(m, threshold).per_code) if per_code else {}
 
 
 def _group_metrics(m: ScoreMatrix, tp, fp, fn, keep: np.ndarray) -> dict[str, Any]:

@@ -20,8 +20,8 @@ const FLAG_HELP = {
   evidence_not_found: "the model's quote is not in the note",
   evidence_fuzzy: "the quote was found only approximately",
   evidence_missing: "the model gave no evidence",
-  specify: "a category header: a more specific code is needed",
   not_billable: "a category header, not a billable code",
+  gem_approximate: "translated through an approximate GEM mapping",
 };
 
 // ------------------------------------------------------------------------------------------- api

@@ -11,6 +11,21 @@ SHARED = Path(os.environ.get("ICDCODER_SHARED", REPO.parent / "shared"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def pytest_configure(config):
+    """One ontology index for every test and subprocess of the session (``ICDCODER_CACHE``): pytest's
+    cache folder, so later sessions reuse it and a fresh CI machine builds it once, in the first test
+    that asks the ontology anything. A cache folder given in the environment wins."""
+    if not os.environ.get("ICDCODER_CACHE"):
+        cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+        if cache is not None:
+            folder = cache.mkdir("icdcoder")
+        else:
+            import tempfile
+
+            folder = Path(tempfile.mkdtemp(prefix="icdcoder-cache-"))
+        os.environ["ICDCODER_CACHE"] = str(folder)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared beside the checkout (CI has it); tests that need it skip with a reason when absent."""

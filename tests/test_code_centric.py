@@ -10,9 +10,10 @@ import pytest
 
 from icdcoder.codes import CodeSystem
 from icdcoder.data.note import Dataset, Note, Span
-from icdcoder.errors import DataError
+from icdcoder.errors import ConfigError, DataError
 from icdcoder.training.mixing import (CodeCentricConfig, build_span_pool, build_training_set, draw_round_robin,
-                                      is_span_note, mix, span_note, target_codes)
+                                      is_span_note, label_provenance, mix, resolve_label_space, span_note,
+                                      target_codes)
 from icdcoder.training.spans import (SpanExample, coverage, expansion_spans, gold_spans, lm_paraphrases,
                                      ontology_spans, read_spans, write_spans)
 
@@ -173,10 +174,12 @@ def _tiny_dataset() -> Dataset:
     return Dataset({"train": tr, "test": te})
 
 
-def test_target_codes_from_the_dataset_train_or_a_file(tmp_path):
+def test_target_codes_from_train_by_default_a_file_or_explicit_splits(tmp_path):
     ds = _tiny_dataset()
-    assert list(target_codes(CodeCentricConfig(label_space="dataset"), ds)) == ["A00.9", "E11.9", "I10"]
-    assert list(target_codes(CodeCentricConfig(label_space="train"), ds)) == ["E11.9", "I10"]
+    assert CodeCentricConfig().label_space == "train"
+    assert list(target_codes(CodeCentricConfig(), ds)) == ["E11.9", "I10"]
+    assert list(target_codes(CodeCentricConfig(label_space="dataset", evaluation_labels=True), ds)) == \
+        ["A00.9", "E11.9", "I10"]
     f = tmp_path / "codes.txt"
     f.write_text("# our hospital's codes\nj449\nI10\n", encoding="utf-8")
     assert target_codes(CodeCentricConfig(label_space=str(f)), ds) == {"J44.9": CM, "I10": CM}
@@ -186,9 +189,43 @@ def test_target_codes_from_the_dataset_train_or_a_file(tmp_path):
     assert "codes.txt:2" in str(e.value)
 
 
+@pytest.mark.parametrize("space", ["dataset", "train+test", "test", "train+dev"])
+def test_a_label_space_read_from_evaluation_gold_is_refused_unless_named(space):
+    ds = _tiny_dataset()
+    ds.splits["val"] = [Note(id="v1", text="Gout.", codes=["M10.9"], code_systems={"M10.9": CM})]
+    with pytest.raises(ConfigError) as e:
+        target_codes(CodeCentricConfig(label_space=space), ds)
+    assert "evaluation labels" in str(e.value) and "evaluation_labels: true" in str(e.value)
+    space_ = resolve_label_space(CodeCentricConfig(label_space=space, evaluation_labels=True), ds)
+    assert space_.uses_evaluation_labels and space_.evaluation_only >= 1
+    prov = label_provenance(CodeCentricConfig(label_space=space, evaluation_labels=True), space_)
+    assert prov["evaluation_labels"] is True and set(prov["code_centric_target"]["splits"]) - {"train"}
+
+
+def test_no_default_path_puts_a_test_only_code_into_training():
+    """The leak this guards against: the old default (every split's codes) wrote span examples for codes
+    that only the test gold has. Every default now builds targets, pool and mix from train alone."""
+    ds = _tiny_dataset()  # A00.9 occurs only in the test split
+    cfg = CodeCentricConfig(span_ratio=0.5, expand={"min_examples": 10, "max_train_count": 5})
+    pool, cov = build_span_pool(cfg, ds, log=lambda m: None)
+    assert "A00.9" not in {e.code for e in pool} and cov["label_space"]["evaluation_labels"] is False
+    mixed, info = build_training_set(cfg, ds, log=lambda m: None)
+    assert "A00.9" not in {c for n in mixed for c in n.codes}
+    assert info["label_space"]["code_centric_target"]["splits"] == ["train"]
+    assert info["label_space"]["code_centric_target"]["codes_only_in_evaluation_gold"] == 0
+
+
+def test_the_ontology_label_space_reads_no_gold_but_counts_what_it_shares_with_it():
+    ds = _tiny_dataset()
+    space = resolve_label_space(CodeCentricConfig(label_space="ontology"), ds)
+    assert space.source == "ontology" and "A00.9" in space.codes and len(space.codes) > 50_000
+    assert space.evaluation_only == 1 and not space.uses_evaluation_labels  # not chosen from the gold
+
+
 def test_build_training_set_mixes_gold_ontology_and_expansion():
     ds = _tiny_dataset()
-    cfg = CodeCentricConfig(span_ratio=0.5, expand={"min_examples": 10, "max_train_count": 0})
+    cfg = CodeCentricConfig(span_ratio=0.5, expand={"min_examples": 10, "max_train_count": 0},
+                            label_space="dataset", evaluation_labels=True)
     pool, cov = build_span_pool(cfg, ds, log=lambda m: None)
     sources = Counter(e.source for e in pool)
     assert sources["gold"] == 8 and sources["description"] == 3
@@ -200,6 +237,10 @@ def test_build_training_set_mixes_gold_ontology_and_expansion():
     # the unseen code (no documents) is drawn first: the small span budget goes to it
     assert info["codes_in_span_examples"] == 1
     assert {n.codes[0] for n in mixed if is_span_note(n)} == {"A00.9"}
+    # the coverage of what was drawn, not of the pool: 2 codes have documents, 1 got spans, none lacks both
+    assert info["drawn_coverage"] == {"target_codes": 3, "with_documents": 2, "with_span_examples": 1,
+                                      "span_only": 1, "without_supervision": 0}
+    assert info["label_space"]["evaluation_labels"] is True
 
 
 def test_spans_file_round_trip_and_errors_name_the_line(tmp_path):
@@ -222,8 +263,11 @@ def test_experiment_trains_tfidf_on_the_mix_and_reports_unseen_and_evidence(tmp_
     base = {"seed": 5, "data": {"synth": {"seed": 5, "n_train": 60, "n_val": 15, "n_test": 30}},
             "coder": {"name": "tfidf", "params": {"classifier": "logreg", "C": 10.0}}, "eval_splits": ["test"]}
     doc = run_experiment(ExperimentConfig(name="doc", output=str(tmp_path / "doc"), **base), log=lambda m: None)
+    codes = tmp_path / "codes.txt"  # the label space reaches past the training codes through a file
+    codes.write_text("A00.0\nQ90.9\n", encoding="utf-8")
     cc = run_experiment(ExperimentConfig(name="cc", output=str(tmp_path / "cc"),
-                                         code_centric={"span_ratio": 0.4}, **base), log=lambda m: None)
+                                         code_centric={"span_ratio": 0.4, "label_space": str(codes)}, **base),
+                        log=lambda m: None)
     assert doc["info"]["train_examples"] == 60 and "code_centric_data" not in doc["info"]
     data = cc["info"]["code_centric_data"]
     assert data["documents"] == 60 and data["span_examples"] == 40 and cc["info"]["train_examples"] == 100
@@ -238,7 +282,13 @@ def test_experiment_trains_tfidf_on_the_mix_and_reports_unseen_and_evidence(tmp_
 
     doc_codes = set(Coder.load(tmp_path / "doc" / "model").codes)
     cc_codes = set(Coder.load(tmp_path / "cc" / "model").codes)
-    assert doc_codes < cc_codes
+    assert doc_codes < cc_codes and {"A00.0", "Q90.9"} <= cc_codes
+    # what labels the training saw is recorded in run.json and beside the metrics
+    run = json.loads((tmp_path / "cc" / "run.json").read_text())
+    assert run["training_labels"]["documents"] == ["train"] and run["training_labels"]["evaluation_labels"] is False
+    assert run["training_labels"]["code_centric_target"]["source"] == "file"
+    assert cc["metrics"]["training_labels"] == run["training_labels"]
+    assert doc["metrics"]["training_labels"]["code_centric_target"] is None
     # a changed code_centric block refits (the old model must not be reused)
     again = run_experiment(ExperimentConfig(name="cc", output=str(tmp_path / "cc"),
                                             code_centric={"span_ratio": 0.2}, **base), log=lambda m: None)
@@ -267,3 +317,28 @@ def test_training_tokens_count_words_for_discriminative_coders_and_trl_tokens_fo
         {"stage": "phi", "rounds": [{"round": 1, "num_tokens": 5}, {"round": 2}]}])
     assert training_tokens(notes, lm) == 12  # the inherited SFT stage was counted in its own run
     assert training_tokens(notes, SimpleNamespace(lm_path="x", history=[])) == 0  # prompting trains nothing
+
+
+def test_data_spans_command_writes_nothing_for_a_code_only_the_test_split_has(tmp_path):
+    """`icdcoder data spans` with its defaults on a dataset whose test split has a code no training note
+    has: no span example for it; asking for every split's codes is refused until allowed, then flagged."""
+    from typer.testing import CliRunner
+
+    from icdcoder.cli import app
+    from icdcoder.data.store import write_dataset
+
+    ds = _tiny_dataset()
+    data = tmp_path / "data"
+    write_dataset([(s, n) for s, n in ds], data, name="tiny", source="test")
+    runner = CliRunner()
+    out = tmp_path / "spans.jsonl"
+    r = runner.invoke(app, ["data", "spans", str(data), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    codes = {e.code for e in read_spans(out)}
+    assert codes and "A00.9" not in codes and codes <= {"I10", "E11.9"}
+    r = runner.invoke(app, ["data", "spans", str(data), "--out", str(out), "--label-space", "dataset"])
+    assert r.exit_code != 0 and "evaluation labels" in (r.output + str(r.exception))
+    r = runner.invoke(app, ["data", "spans", str(data), "--out", str(out), "--label-space", "dataset",
+                            "--allow-evaluation-labels"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "EVALUATION LABELS" in r.output
+    assert "A00.9" in {e.code for e in read_spans(out)}

@@ -71,10 +71,47 @@ def test_code_jsonl_file_to_jsonl(model_dir, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["n0", "n1"]
     assert [c["code"] for c in rows[1]["codes"]][:1] == ["J18.9"]
-    assert all(c["suggested"] for r in rows for c in r["codes"])  # candidates only with --candidates
-    more = runner.invoke(app, ["code", "--model", str(model_dir), str(src), "--jsonl", "--candidates", "--top-k", "3"])
+    # JSONL keeps every candidate the coder returns (the table's --top-k does not cut it), marked suggested
+    n_all = len(CodingPipeline.from_dir(model_dir).code_text(NOTE).codes)
+    assert len(rows[0]["codes"]) == n_all >= 4 and not all(c["suggested"] for c in rows[1]["codes"])
+    cut = runner.invoke(app, ["code", "--model", str(model_dir), str(src), "--jsonl", "--top-k", "1"])
+    assert [len(json.loads(line)["codes"]) for line in cut.stdout.splitlines()] == [len(r["codes"]) for r in rows]
+    more = runner.invoke(app, ["code", "--model", str(model_dir), str(src), "--jsonl", "--limit", "3"])
     rows = [json.loads(line) for line in more.stdout.splitlines()]
     assert all(len(r["codes"]) == 3 for r in rows) and not all(c["suggested"] for c in rows[1]["codes"])
+    only = runner.invoke(app, ["code", "--model", str(model_dir), str(src), "--jsonl", "--suggested-only"])
+    rows = [json.loads(line) for line in only.stdout.splitlines()]
+    assert all(c["suggested"] for r in rows for c in r["codes"]) and rows[1]["codes"]
+
+
+def test_evaluate_scores_code_output_at_the_threshold_it_carries(model_dir, tmp_path):
+    """`code --out` writes the model's threshold on each line; evaluate applies it (and says so) instead
+    of 0.5, and refuses a file that carries none."""
+    from icdcoder.data.store import write_dataset
+    from icdcoder.evaluation import evaluate_files
+
+    notes = _notes(30, 7)
+    write_dataset([("test", n) for n in notes], tmp_path / "data", name="toy", source="test")
+    src = tmp_path / "notes.jsonl"
+    src.write_text("".join(json.dumps({"id": n.id, "text": n.text}) + "\n" for n in notes))
+    out = tmp_path / "coded" / "coded.jsonl"
+    out.parent.mkdir()
+    assert runner.invoke(app, ["code", "--model", str(model_dir), str(src), "--out", str(out),
+                               "--no-rules"]).exit_code == 0
+    threshold = json.loads(out.read_text().splitlines()[0])["threshold"]
+    assert threshold != 0.5
+    m = evaluate_files(tmp_path / "data", "test", out)
+    assert m["threshold"] == threshold and "per-line threshold" in m["threshold_source"]
+    assert m["micro_f1"] == evaluate_files(tmp_path / "data", "test", out, threshold=threshold)["micro_f1"]
+    shown = runner.invoke(app, ["evaluate", "--gold", str(tmp_path / "data"), "--pred", str(out)],
+                          env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and f"threshold {threshold:.4g}" in shown.output and "per-line" in shown.output
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"id": r["id"], "codes": [{"code": c["code"], "score": c["score"]}
+                                                                  for c in r["codes"]]}) + "\n"
+                            for r in map(json.loads, out.read_text().splitlines())))
+    refused = runner.invoke(app, ["evaluate", "--gold", str(tmp_path / "data"), "--pred", str(bare)])
+    assert refused.exit_code != 0 and "no threshold" in (refused.output + str(refused.exception))
 
 
 def test_code_from_stdin_text_and_jsonl(model_dir):

@@ -72,9 +72,11 @@ def test_evaluate_files_threshold_sources(tmp_path, monkeypatch):
     preds = [Prediction.from_scores("s1", {"I50.9": .9, "E11.9": .4}), Prediction.from_scores("s2", {"J18.9": .6}),
              Prediction.from_scores("s3", {"I50.9": .3, "J18.9": .2})]
     write_predictions(preds, run / "predictions.jsonl")
-    r = evaluate_files(data, "test", run / "predictions.jsonl")
-    # default .5: TP I50.9(s1) J18.9(s2); FN E11.9(s1) I50.9(s3) -> P 1, R 1/2
-    assert r["threshold_source"] == "default" and r["micro_recall"] == pytest.approx(0.5)
+    with pytest.raises(DataError, match="no threshold is stored"):  # it refuses to guess 0.5
+        evaluate_files(data, "test", run / "predictions.jsonl")
+    r = evaluate_files(data, "test", run / "predictions.jsonl", threshold=0.5)
+    # .5: TP I50.9(s1) J18.9(s2); FN E11.9(s1) I50.9(s3) -> P 1, R 1/2
+    assert r["threshold_source"] == "argument" and r["micro_recall"] == pytest.approx(0.5)
     assert r["by_bucket"]["unseen"]["support"] == 1  # J18.9 never in train
     write_json(run / "threshold.json", {"threshold": 0.25})
     r = evaluate_files(data, "test", run / "predictions.jsonl")
@@ -89,7 +91,7 @@ def test_evaluate_files_threshold_sources(tmp_path, monkeypatch):
     assert seen["n_codes"] == 2
     write_predictions(preds[:2], tmp_path / "bad" / "predictions.jsonl")
     with pytest.raises(DataError, match="'s3'"):
-        evaluate_files(data, "test", tmp_path / "bad" / "predictions.jsonl")
+        evaluate_files(data, "test", tmp_path / "bad" / "predictions.jsonl", threshold=0.5)
 
 
 def test_compare_runs(tmp_path):
@@ -98,7 +100,7 @@ def test_compare_runs(tmp_path):
                          ("b", {"s1": {"I50.9": .9, "E11.9": .8}, "s2": {"J18.9": .7}, "s3": {"I50.9": .9}})):
         run = tmp_path / name
         write_predictions([Prediction.from_scores(i, s) for i, s in scores.items()], run / "predictions.jsonl")
-        write_json(run / "metrics.json", evaluate_files(data, "test", run / "predictions.jsonl"))
+        write_json(run / "metrics.json", evaluate_files(data, "test", run / "predictions.jsonl", threshold=0.5))
     res = compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp", n_resamples=200)
     html = (tmp_path / "cmp" / "report.html").read_text()
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
@@ -107,3 +109,20 @@ def test_compare_runs(tmp_path):
     assert _external_refs(html) == []
     with pytest.raises(DataError, match="metrics.json"):
         compare_runs([tmp_path / "nothing"], tmp_path / "cmp2")
+
+
+def test_the_report_says_which_labels_each_run_trained_on_and_flags_evaluation_labels(tmp_path):
+    from icdcoder.evaluation.report import compare
+
+    clean = {"micro_f1": 0.5, "training_labels": {"documents": ["train"], "code_centric_target": None,
+                                                  "evaluation_labels": False}}
+    leaky = {"micro_f1": 0.6, "training_labels": {
+        "documents": ["train"], "evaluation_labels": True,
+        "code_centric_target": {"label_space": "dataset", "source": "splits", "splits": ["train", "val", "test"]}}}
+    compare([("clean", clean, None), ("leaky", leaky, None)], tmp_path / "r", n_resamples=10)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| labels in training | train | train+val+test EVALUATION LABELS |" in md
+    assert "**Warning:** leaky trained with labels read from evaluation splits" in md
+    assert "leaky trained with labels" in (tmp_path / "r" / "report.html").read_text()
+    compare([("clean", clean, None)], tmp_path / "r2")
+    assert "Warning" not in (tmp_path / "r2" / "report.md").read_text()

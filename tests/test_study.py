@@ -89,3 +89,28 @@ def test_study_cli_names_the_bad_field_and_exits_2(tmp_path):
     assert r.returncode == 2
     assert "bad.yaml" in r.stdout + r.stderr and "parms" in r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("path", [DEMO, *CONFIGS], ids=lambda p: p.name)
+def test_no_shipped_study_reads_evaluation_labels_into_training(path):
+    from icdcoder.training.mixing import CodeCentricConfig
+
+    for r in StudyConfig.from_yaml(path).runs:
+        if r.code_centric is not None:
+            cc = CodeCentricConfig.model_validate(r.code_centric)
+            assert cc.label_space == "train" and not cc.evaluation_labels, r.name
+
+
+def test_the_report_split_is_the_last_eval_split_the_data_has(tmp_path):
+    from icdcoder.data.note import Note
+    from icdcoder.data.store import write_dataset
+    from icdcoder.errors import ConfigError
+    from icdcoder.study import _report_split
+
+    n = Note(id="a", text="x", codes=["I10"], code_systems={"I10": "icd10cm"})
+    write_dataset([("train", n), ("val", n.model_copy(update={"id": "b"}))], tmp_path / "d", name="d", source="t")
+    base = {"name": "s", "data": {"path": str(tmp_path / "d")}, "output": str(tmp_path / "o"),
+            "runs": [{"name": "t", "coder": "tfidf"}]}
+    assert _report_split(StudyConfig.model_validate({**base, "eval_splits": ["val", "test"]}), tmp_path / "d") == "val"
+    with pytest.raises(ConfigError, match="none of eval_splits"):
+        _report_split(StudyConfig.model_validate({**base, "eval_splits": ["test"]}), tmp_path / "d")

@@ -11,7 +11,6 @@ from typing import Any, Iterable, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from icdcoder.errors import IcdcoderError
@@ -29,6 +28,8 @@ ontology_app = typer.Typer(help="Look codes up in the ICD ontology (ICD-10-CM/PC
 app.add_typer(data_app, name="data")
 data_app.add_typer(prepare_app, name="prepare")
 app.add_typer(ontology_app, name="ontology")
+export_app = typer.Typer(help="Write predictions in a shared task's submission format.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 
 class SplitMethod(str, Enum):
@@ -59,15 +60,11 @@ CheckOpt = typer.Option(True, "--check-codes/--no-check-codes",
 
 
 def _progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
-    """Wrap a stream of items with a rich progress display on stderr (a counter when the total is unknown)."""
-    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
-    columns += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed:,} notes")]
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False,
-                  disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    """Wrap a stream of notes with progress on stderr: a rich bar on a terminal, a plain line every
+    ICDCODER_PROGRESS_INTERVAL seconds otherwise (:mod:`icdcoder.progress`)."""
+    from icdcoder.progress import track
+
+    return track(items, description, total=total, unit="note")
 
 
 def _write(items: Iterable, out_dir: Path, *, name: str, source: str, fmt: Fmt, options: dict[str, Any],
@@ -180,7 +177,7 @@ def _prepare_mimic(version: int, root: Path, preset: Optional[Preset], split_fil
     kw: dict[str, Any] = {"version": version, "preset": preset.value if preset else None, "split_file": split_file,
                           "own_split": own_split.value if own_split else None, "ratios": _ratios(ratios),
                           "seed": seed, "min_code_count": min_code_count, "clean_text": clean,
-                          "progress": console.is_terminal, "strict": strict}
+                          "progress": True, "strict": strict}  # a bar on a terminal, timed lines elsewhere
     if icd_version is not None:
         kw["icd_version"] = icd_version
     if note_root is not None:
@@ -263,7 +260,8 @@ def spans(
     data_dir: Path = typer.Argument(..., help="A prepared dataset folder (with manifest.json)."),
     out_path: Path = typer.Option(..., "--out", help="Where to write the span examples (JSONL)."),
     sources: str = typer.Option("gold,ontology", "--sources", help="Comma-separated: gold (annotated evidence spans of the training notes), ontology (descriptions, inclusion and index terms, rewritten)."),
-    label_space: str = typer.Option("dataset", "--label-space", help="Target codes: dataset (every split's codes), train, or a file with one code per line."),
+    label_space: str = typer.Option("train", "--label-space", help="Target codes: train (the training split's codes), ontology (every billable code of their systems), or a file with one code per line. Split names (train+val) or dataset (every split) read evaluation gold and need --allow-evaluation-labels."),
+    allow_evaluation_labels: bool = typer.Option(False, "--allow-evaluation-labels", help="Allow a label space read from val/test gold (it tells training which codes the evaluation notes have)."),
     min_examples: int = typer.Option(4, "--min-examples", help="Expansion: rare and unseen target codes get at least this many examples (0: no expansion)."),
     max_train_count: int = typer.Option(2, "--max-train-count", help="Expansion: codes seen at most this often in training count as rare."),
     index_file: Optional[Path] = typer.Option(None, "--index-file", help="CMS ICD-10-CM index XML, for index terms."),
@@ -274,11 +272,16 @@ def spans(
     from icdcoder.training.spans import write_spans
 
     cfg = CodeCentricConfig(sources=[s.strip() for s in sources.split(",") if s.strip()], label_space=label_space,
+                            evaluation_labels=allow_evaluation_labels,
                             expand={"min_examples": min_examples, "max_train_count": max_train_count}
                             if min_examples > 0 else None, index_file=str(index_file) if index_file else None)
     pool, cov = build_span_pool(cfg, load_dataset(data_dir), log=lambda m: out.print(m))
     n = write_spans(pool, out_path)
-    t = Table(title=f"{n:,} span examples -> {out_path}")
+    target = cov["label_space"]["code_centric_target"]
+    t = Table(title=f"{n:,} span examples -> {out_path}",
+              caption=f"label space: {label_space} ({target['source']}"
+                      + (f": {'+'.join(target['splits'])}" if target["splits"] else "") + ")"
+                      + (" - EVALUATION LABELS" if cov["label_space"]["evaluation_labels"] else ""))
     t.add_column("")
     t.add_column("count", justify="right")
     for k, v in cov["spans_by_source"].items():
@@ -473,7 +476,7 @@ def predict(
     coder = Coder.load(model)
     notes = load_dataset(data, [split])[split]
     start = time.perf_counter()
-    preds = coder.predict(list(_progress(notes, f"coding {split}", total=len(notes))))
+    preds = coder.predict(notes)  # coders with long predict loops (plm_icd, generative) report their progress
     write_predictions(preds, out_path)
     write_json(out_path.parent / "threshold.json", {"threshold": coder.threshold,
                                                    "per_code_thresholds": coder.per_code_thresholds})
@@ -490,7 +493,7 @@ def evaluate(
     gold: Path = typer.Option(..., "--gold", help="The prepared dataset folder the predictions are for."),
     split: str = typer.Option("test", "--split", help="Which split of it."),
     pred: Path = typer.Option(..., "--pred", help="Predictions JSONL ({id, codes: [{code, score, evidence}]} per line)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the threshold stored beside the predictions (threshold.json / coder.json); 0.5 when none is stored."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the threshold the predictions carry: per line (icdcoder code output), else threshold.json / coder.json beside them. Without any of these evaluate refuses to guess."),
     codes: CodesScope = typer.Option(CodesScope.all, "--codes", help="all: every code of the label space; seen: only codes seen in training."),
     analysis: bool = typer.Option(False, "--analysis", help="Add the error analysis (per-code table, missed, spurious, near misses)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
@@ -500,6 +503,8 @@ def evaluate(
     from icdcoder.io import write_json
 
     m = evaluate_files(gold, split, pred, threshold=threshold, codes=codes.value, analysis=analysis)
+    per = f" and {m['n_per_code_thresholds']:,} per-code thresholds" if m.get("n_per_code_thresholds") else ""
+    out.print(f"threshold {m['threshold']:.4g}{per}, from {m['threshold_source']}")
     print_metrics({pred.name: m})
     if m.get("by_bucket"):
         t = Table("bucket (train freq.)", "codes", "micro F1", "macro F1", title="by code frequency in training")
@@ -509,6 +514,23 @@ def evaluate(
     if json_out:
         write_json(json_out, m)
         out.print(f"metrics -> {json_out}")
+
+
+@export_app.command("codiesp")
+def export_codiesp(
+    pred: Path = typer.Argument(..., help="Predictions JSONL (a run's predictions-<split>.jsonl, or icdcoder code output)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="The CodiEsp-D/P TSV to write (articleID<TAB>code, atomically)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Submit codes at or above this score; default: the threshold the predictions carry (as evaluate)."),
+) -> None:
+    """CodiEsp's submission format: the submitted codes of each note (at or above the threshold), in rank
+    order, lower case with dots, so the shared task's own scorer can read them."""
+    from icdcoder.evaluation.codiesp import write_submission
+    from icdcoder.evaluation.protocol import resolve_threshold
+    from icdcoder.prediction import read_predictions
+
+    t, per_code, source = resolve_threshold(pred, threshold)
+    n = write_submission(read_predictions(pred), out_path, t, per_code)
+    out.print(f"{n:,} codes at threshold {t:.4g} (from {source}) -> {out_path}")
 
 
 @app.command("translate")
@@ -563,7 +585,7 @@ def compare(
 
 
 METRIC_COLUMNS = ("micro_f1", "macro_f1", "micro_precision", "micro_recall", "micro_auc", "macro_auc", "micro_auprc",
-                  "p@8", "r@8", "r_precision", "map", "exact_match")
+                  "p@8", "r@8", "r_precision", "map", "codiesp_map", "exact_match")
 
 
 def _num(x: Any) -> str:
@@ -650,8 +672,10 @@ def code(
     model: Path = typer.Option(..., "--model", help="A saved coder folder (a run's model/)."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per note instead of tables."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSONL here (atomically)."),
-    top_k: int = typer.Option(10, "--top-k", help="List at most this many codes per note."),
-    candidates: bool = typer.Option(False, "--candidates", help="Also list codes below the threshold."),
+    top_k: int = typer.Option(10, "--top-k", help="The terminal table lists at most this many codes per note (JSONL output is not cut: see --limit)."),
+    candidates: bool = typer.Option(False, "--candidates", help="The terminal table also lists codes below the threshold (JSONL output always has them, marked suggested: false)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="JSONL output: keep at most this many codes per note (default: every code the coder returns)."),
+    suggested_only: bool = typer.Option(False, "--suggested-only", help="JSONL output: keep only the suggested codes (score at or above the threshold)."),
     rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
     label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt,
 ) -> None:
@@ -663,18 +687,20 @@ def code(
     pipeline = CodingPipeline.from_dir(model, rules=_rule_config(rules, billable, codes_file, label_space),
                                        to_version=to, top_k=None)
     coded = pipeline.code(notes)
-    for c in coded:
-        c.codes = ([x for x in c.codes if x.suggested] if not candidates else c.codes)[:top_k]
-    if out_path is not None:
-        with atomic_write(out_path) as fh:
-            for c in coded:
-                fh.write(c.model_dump_json() + "\n")
-        out.print(f"{len(coded):,} notes -> {out_path}")
-    elif jsonl:
+    if out_path is not None or jsonl:  # machine-readable: every candidate unless a limit is asked for
         for c in coded:
-            print(c.model_dump_json(), flush=True)
-    else:
+            c.codes = ([x for x in c.codes if x.suggested] if suggested_only else c.codes)[:limit]
+        lines = [c.model_dump_json() for c in coded]
+        if out_path is not None:
+            with atomic_write(out_path) as fh:
+                fh.writelines(line + "\n" for line in lines)
+            out.print(f"{len(coded):,} notes -> {out_path}")
+        else:
+            for line in lines:
+                print(line, flush=True)
+    else:  # the table is for reading: suggested codes (and candidates when asked), top_k of them
         for c, n in zip(coded, notes):
+            c.codes = ([x for x in c.codes if x.suggested] if not candidates else c.codes)[:top_k]
             print_coded(c, n.text)
 
 

@@ -184,7 +184,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     if (model_dir / "coder.json").exists() and not (force or changed or unfinished):
         log(f"reusing the fitted coder in {model_dir}")
         coder = Coder.load(model_dir)
-        for k in ("fit_seconds", "training", "train_examples", "training_tokens", "code_centric_data"):
+        for k in ("fit_seconds", "training", "train_examples", "training_tokens", "code_centric_data",
+                  "training_labels"):
             if previous.get(k) is not None:  # keep what was measured when it was fitted
                 info[k] = previous[k]
     else:
@@ -199,11 +200,13 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
         val = ds["val"] if "val" in ds else None
         train = ds["train"]
+        info["training_labels"] = training_labels(None, val is not None)
         if cfg.code_centric is not None:
             from icdcoder.training.mixing import CodeCentricConfig, build_training_set
 
             cc = CodeCentricConfig.model_validate({"seed": cfg.seed, **cfg.code_centric})
             train, info["code_centric_data"] = build_training_set(cc, ds, log=log)
+            info["training_labels"] = training_labels(info["code_centric_data"]["label_space"], val is not None)
         info["train_examples"] = len(train)
         log(f"fitting {cfg.coder.name} on {len(train):,} examples" + (f", tuning on {len(val):,}" if val else ""))
         start = time.perf_counter()
@@ -248,9 +251,12 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         metrics = evaluate_files(data_dir, split, pred_path)
         metrics["coder"] = cfg.coder.name
         metrics["run"] = cfg.name
+        if info.get("training_labels"):  # which splits' labels the fit saw travels with the numbers
+            metrics["training_labels"] = info["training_labels"]
         write_json(run_dir / f"metrics-{split}.json", metrics)
         log(f"{cfg.name} {split}: micro F1 {metrics['micro_f1']:.3f}, macro F1 {metrics['macro_f1']:.3f}, "
-            f"MAP {_fmt(metrics['map'])}, P@8 {_fmt(metrics['p@8'])}")
+            f"MAP {_fmt(metrics['map'])}, CodiEsp MAP {_fmt(metrics['codiesp_map'])}, "
+            f"P@8 {_fmt(metrics['p@8'])}")
     if splits:  # the last split evaluated (test) is what `icdcoder compare` reads
         with atomic_write(run_dir / "predictions.jsonl", "wb") as fh:
             fh.write((run_dir / f"predictions-{splits[-1]}.jsonl").read_bytes())
@@ -259,6 +265,17 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     info["status"] = "done"
     write_json(run_dir / "run.json", info)
     return {"metrics": metrics, "info": info}
+
+
+def training_labels(provenance: dict[str, Any] | None, tuned_on_val: bool) -> dict[str, Any]:
+    """Which splits' gold labels the fit saw: documents (train), threshold tuning (val, when there is
+    one) and the code-centric target label space; ``evaluation_labels`` flags a run whose training
+    read val or test gold (only with ``code_centric.evaluation_labels: true``)."""
+    from icdcoder.training.mixing import label_provenance
+
+    out = dict(provenance) if provenance else label_provenance(None)
+    out["threshold_tuning"] = ["val"] if tuned_on_val else []
+    return out
 
 
 def training_tokens(train: list, coder: Any) -> int:

@@ -112,19 +112,36 @@ def missed_and_spurious(run_dir: Path, gold: Sequence[Note], split: str) -> dict
     return {"gold_missed": missed, "spurious": spurious}
 
 
+def _report_split(cfg: StudyConfig, data_dir: Path) -> str:
+    """The last of ``eval_splits`` the prepared data has (``[val, test]`` reports on test when there is
+    one, else on val): the split the report compares the runs on."""
+    from icdcoder.data.store import read_manifest
+    from icdcoder.errors import ConfigError
+
+    have = set(read_manifest(data_dir).get("splits", {}))
+    present = [s for s in cfg.eval_splits if s in have]
+    if not present:
+        raise ConfigError(f"none of eval_splits {cfg.eval_splits} is a split of {data_dir} (has {sorted(have)})")
+    return present[-1]
+
+
 def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate every run in order (reusing finished ones), then write the report."""
     from icdcoder.evaluation import compare_runs
     from icdcoder.evaluation.protocol import load_gold
+    from icdcoder.progress import Progress
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(cfg.data, out)
     tiny = _shared_tiny_lm(cfg, data_dir, out, log)
-    split = cfg.eval_splits[-1]
+    split = _report_split(cfg, data_dir)
     gold = load_gold(data_dir, split)[0]  # read once: every run's missed/spurious counts use it
     rows: dict[str, dict[str, Any]] = {}
     run_dirs = []
+    # plain lines off a terminal (runs done, elapsed, ETA); on one, each run's own jobs draw their bars
+    bar = Progress(f"study {cfg.name}", sum(not only or r.name in only for r in cfg.runs), unit="run", bar=False,
+                   enabled=is_main_process()).start()
     for r in cfg.runs:
         if only and r.name not in only:
             continue
@@ -141,6 +158,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
         log(f"== {r.name} ({r.coder}) ==")
         start = time.perf_counter()
         result = run_experiment(exp, log=log)
+        bar.update(last=r.name)
         if not is_main_process():
             continue
         info = result["info"]
@@ -151,8 +169,10 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
                         "malformed_answers": (pred.get("generation") or {}).get("malformed"),
                         "invalid_codes_dropped": (pred.get("generation") or {}).get("invalid_codes"),
                         "train_examples": info.get("train_examples"), "training_tokens": info.get("training_tokens"),
+                        "training_labels": info.get("training_labels"),
                         "wall_seconds": round(time.perf_counter() - start, 1)}
         run_dirs.append(out / r.name)
+    bar.close()
     if not is_main_process():
         return {"runs": {}, "report": {}}
     extra = {k: [rows[d.name][k] for d in run_dirs] for k in

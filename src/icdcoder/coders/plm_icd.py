@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import atomic_write, write_json
 from icdcoder.prediction import Evidence, Prediction
+from icdcoder.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,9 @@ class PlmIcdCoder(Coder):
     ``seed``, ``patience`` (early stopping on val micro F1; None = off), ``checkpoint_dir`` (resumable
     training), ``top_k`` codes per note, ``evidence`` spans per code, ``evidence_tokens`` attended
     tokens they are built from, ``num_threads`` (torch CPU threads; None = torch's default),
-    ``progress`` (a progress bar when stderr is a terminal)."""
+    ``progress`` (training and scoring progress on stderr: a bar on a terminal, else a plain line with
+    step, loss, elapsed time and ETA every ``ICDCODER_PROGRESS_INTERVAL`` seconds; see
+    :mod:`icdcoder.progress`)."""
 
     def __init__(self, encoder: str | None = None, segment_length: int = 128, max_segments: int = 4,
                  attention_size: int | None = None, epochs: int = 3, batch_size: int = 8, eval_batch_size: int = 16,
@@ -266,11 +268,6 @@ class PlmIcdCoder(Coder):
             mask[i, :len(s.attention_mask)] = s.attention_mask
         return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
-    def _bar(self, it, **kw):
-        from tqdm import tqdm
-
-        return tqdm(it, disable=not (self.params["progress"] and sys.stderr.isatty()), leave=False, **kw)
-
     # ----------------------------------------------------------------------------------- fit
     def _fingerprint(self) -> dict[str, Any]:
         p = self.params
@@ -314,7 +311,8 @@ class PlmIcdCoder(Coder):
         opt = torch.optim.AdamW([{"params": enc, "lr": p["lr"]}, {"params": head, "lr": head_lr}],
                                 weight_decay=p["weight_decay"])
         n_batches = math.ceil(len(train) / p["batch_size"])
-        total = max(1, math.ceil(n_batches / p["grad_accum"]) * p["epochs"])
+        per_epoch = math.ceil(n_batches / p["grad_accum"])  # optimiser steps
+        total = max(1, per_epoch * p["epochs"])
         warm = int(round(p["warmup"] * total))
 
         def schedule(step: int) -> float:
@@ -351,45 +349,51 @@ class PlmIcdCoder(Coder):
         del state
 
         early = p["patience"] is not None and bool(val)
-        for epoch in range(start, p["epochs"]):
-            if done:
-                break
-            t0 = time.perf_counter()
-            loss = self._train_epoch(model, opt, sched, scaler, gen, train_segs, Y, device, amp_dtype, epoch)
-            rec: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
-            if early:
-                rec["val_micro_f1"] = self._tuned(val, self._scores(val_segs, device, amp_dtype)).val_micro_f1 or 0.0
-                if rec["val_micro_f1"] > best["f1"]:
-                    best = {"f1": rec["val_micro_f1"], "epoch": epoch + 1, "bad": 0}
-                    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                    if ckpt_dir is not None:
-                        self._write_checkpoint(ckpt_dir, BEST_FILE, {"model": best_weights})
-                else:
-                    best["bad"] += 1
-                    done = best["bad"] >= p["patience"]
-            rec["seconds"] = round(time.perf_counter() - t0, 2)
-            self.history.append(rec)
-            log.info("plm_icd: %s", rec)
-            if ckpt_dir is not None:
-                self._write_checkpoint(ckpt_dir, CHECKPOINT_FILE, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "done": done, "history": self.history,
-                    "best": best, "codes": codes, "fingerprint": self._fingerprint(),
-                    "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                            "python": random.getstate(), "numpy": np.random.get_state()}})
-            self._after_epoch(epoch + 1)
+        with Progress("plm_icd fit", total, unit="step", initial=min(start * per_epoch, total),
+                      enabled=p["progress"]) as bar:
+            for epoch in range(start, p["epochs"]):
+                if done:
+                    break
+                t0 = time.perf_counter()
+                loss = self._train_epoch(model, opt, sched, scaler, gen, train_segs, Y, device, amp_dtype, epoch,
+                                         bar)
+                rec: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
+                if early:
+                    val_probs = self._scores(val_segs, device, amp_dtype, "plm_icd val")
+                    rec["val_micro_f1"] = self._tuned(val, val_probs).val_micro_f1 or 0.0
+                    if rec["val_micro_f1"] > best["f1"]:
+                        best = {"f1": rec["val_micro_f1"], "epoch": epoch + 1, "bad": 0}
+                        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                        if ckpt_dir is not None:
+                            self._write_checkpoint(ckpt_dir, BEST_FILE, {"model": best_weights})
+                    else:
+                        best["bad"] += 1
+                        done = best["bad"] >= p["patience"]
+                rec["seconds"] = round(time.perf_counter() - t0, 2)
+                self.history.append(rec)
+                log.info("plm_icd: %s", rec)
+                if ckpt_dir is not None:
+                    self._write_checkpoint(ckpt_dir, CHECKPOINT_FILE, {
+                        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "scaler": scaler.state_dict(), "epoch": epoch + 1, "done": done, "history": self.history,
+                        "best": best, "codes": codes, "fingerprint": self._fingerprint(),
+                        "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                "python": random.getstate(), "numpy": np.random.get_state()}})
+                self._after_epoch(epoch + 1)
         if early and best_weights is not None:
             model.load_state_dict(best_weights)
         model.eval()
         if val:
-            self.threshold = float(self._tuned(val, self._scores(val_segs, device, amp_dtype)).threshold)
+            val_probs = self._scores(val_segs, device, amp_dtype, "plm_icd val")
+            self.threshold = float(self._tuned(val, val_probs).threshold)
         return self
 
     def _after_epoch(self, epoch: int) -> None:
         """Hook called after each epoch's checkpoint is written (tests interrupt training here)."""
 
-    def _train_epoch(self, model, opt, sched, scaler, gen, segs, Y, device, amp_dtype, epoch: int) -> float:
+    def _train_epoch(self, model, opt, sched, scaler, gen, segs, Y, device, amp_dtype, epoch: int,
+                     bar: Progress | None = None) -> float:
         torch = _torch()
         import torch.nn.functional as F
 
@@ -399,8 +403,8 @@ class PlmIcdCoder(Coder):
         batches = [perm[i:i + p["batch_size"]] for i in range(0, len(perm), p["batch_size"])]
         acc = p["grad_accum"]
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for b, idx in enumerate(self._bar(batches, desc=f"epoch {epoch + 1}/{p['epochs']}")):
+        total, seen = 0.0, 0
+        for b, idx in enumerate(batches):
             ids, mask = self._collate([segs[i] for i in idx], device)
             y = torch.from_numpy(Y[idx]).to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -409,6 +413,7 @@ class PlmIcdCoder(Coder):
             group = min(acc, len(batches) - (b // acc) * acc)  # the last group may be short
             scaler.scale(loss / group).backward()
             total += float(loss.detach()) * len(idx)
+            seen += len(idx)
             if (b + 1) % acc == 0 or b + 1 == len(batches):
                 if p["max_grad_norm"]:
                     scaler.unscale_(opt)
@@ -417,6 +422,8 @@ class PlmIcdCoder(Coder):
                 scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if bar is not None:  # the running mean loss of this epoch
+                    bar.update(epoch=f"{epoch + 1}/{p['epochs']}", loss=total / seen)
         return total / len(segs)
 
     # --------------------------------------------------------------------------- checkpoints
@@ -434,20 +441,24 @@ class PlmIcdCoder(Coder):
         return torch.load(folder / name, map_location="cpu", weights_only=False)
 
     # ------------------------------------------------------------------------------- scoring
-    def _batches(self, segs: Sequence[Segments], device, amp_dtype, attention: bool = False):
-        """Yield ``(start, probabilities [b, L] numpy, attention [b, L, N] tensor or None)``."""
+    def _batches(self, segs: Sequence[Segments], device, amp_dtype, attention: bool = False,
+                 desc: str = "plm_icd predict"):
+        """Yield ``(start, probabilities [b, L] numpy, attention [b, L, N] tensor or None)``; progress
+        (counting the consumer's work on each batch too) when there is more than one batch."""
         torch = _torch()
         bs = self.params["eval_batch_size"]
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), Progress(desc, len(segs), unit="note",
+                                              enabled=self.params["progress"] and len(segs) > bs) as bar:
             for start in range(0, len(segs), bs):
                 ids, mask = self._collate(segs[start:start + bs], device)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits, att = self.model(ids, mask, return_attention=attention)
                 yield start, torch.sigmoid(logits.float()).cpu().numpy(), att
+                bar.update(len(ids))
 
-    def _scores(self, segs: Sequence[Segments], device, amp_dtype) -> np.ndarray:
-        return np.concatenate([pr for _, pr, _ in self._batches(segs, device, amp_dtype)], axis=0)
+    def _scores(self, segs: Sequence[Segments], device, amp_dtype, desc: str = "plm_icd predict") -> np.ndarray:
+        return np.concatenate([pr for _, pr, _ in self._batches(segs, device, amp_dtype, desc=desc)], axis=0)
 
     def _top(self, probs: np.ndarray) -> np.ndarray:
         k = min(self.params["top_k"], probs.shape[1])

@@ -92,8 +92,11 @@ class TfidfCoder(Coder):
         rows = [(i, index[c]) for i, n in enumerate(train) for c in n.codes]
         Y = sp.csc_matrix((np.ones(len(rows), dtype=np.int8), ([r for r, _ in rows], [c for _, c in rows])),
                           shape=(len(train), len(self.codes)))
-        results = Parallel(n_jobs=self.params["n_jobs"], prefer="threads")(
+        from icdcoder.progress import track
+
+        jobs = Parallel(n_jobs=self.params["n_jobs"], prefer="threads", return_as="generator")(
             delayed(self._fit_one)(X, Y[:, j].toarray().ravel()) for j in range(len(self.codes)))
+        results = list(track(jobs, "tfidf fit", total=len(self.codes), unit="code"))  # in code order
         self._stack(results, X.shape[1])
         if self.params["classifier"] == "svm" and val:
             self._fit_platt(val)
@@ -218,7 +221,9 @@ class TfidfCoder(Coder):
     def _load_state(self, folder: Path) -> None:
         self.W = sp.load_npz(folder / "weights.npz").tocsr()
         self.b = np.load(folder / "bias.npy")
+        from icdcoder.coders.tfidf_vectors import load_vectorizers
+
         with open(folder / "vectorizers.pkl", "rb") as fh:
-            state: dict[str, Any] = pickle.load(fh)
+            state: dict[str, Any] = load_vectorizers(fh)  # scikit-learn's vectorisers, without importing it
         self.word_vec, self.char_vec = state["word"], state["char"]
         self.codes, self.platt = state["codes"], tuple(state["platt"])

@@ -10,8 +10,11 @@
     ROOT/dev/..., ROOT/test/...       the same; ``dev`` becomes icdcoder's ``val``
 
 Evidence offsets index the Spanish text, so they become ``Note.spans`` only for ``lang="es"``; for
-``lang="en"`` they are kept in ``metadata["evidence_es"]`` (code, Spanish quote, offsets), which
-code-centric training can still use as span text.
+``lang="en"`` they are kept in ``metadata["evidence_es"]`` (code, Spanish quote, offsets) for reference.
+Nothing in icdcoder reads them: the English file is a machine translation split one sentence per line,
+and its sentences do not map one-to-one onto the Spanish ones (a plain sentence split of the Spanish
+gives the same number of sentences for 194 of the 500 training notes), so the Spanish offsets cannot be
+carried over without a sentence aligner.
 """
 
 from __future__ import annotations

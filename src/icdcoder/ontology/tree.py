@@ -1,4 +1,4 @@
-"""One code system's hierarchy as plain dicts, built once per process so every later query is O(1)."""
+"""One code system's hierarchy as plain dicts, as the loaders read it; the index builder stores it."""
 
 from __future__ import annotations
 

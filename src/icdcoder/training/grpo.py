@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, train
+from icdcoder.training.trl_common import TrainSettings, base_args, hf_bars_off_terminal, train
 
 
 @dataclass
@@ -29,8 +29,9 @@ class GRPOSettings(TrainSettings):
 
 def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSettings, output_dir: str | Path,
              reward_funcs: Sequence[Callable], reward_weights: Sequence[float], *,
-             seed: int = 13) -> tuple[Any, dict[str, Any]]:
-    """Train on ``rows`` of ``{"prompt": messages, "gold_codes": [...]}``; resumes from ``output_dir``."""
+             seed: int = 13, desc: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train on ``rows`` of ``{"prompt": messages, "gold_codes": [...]}``; resumes from ``output_dir``;
+    progress is reported as ``desc`` (default ``grpo train``)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -43,7 +44,8 @@ def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSet
         temperature=settings.temperature, top_p=settings.top_p, beta=settings.beta,
         reward_weights=list(reward_weights), generation_batch_size=settings.batch_size,
     ).items() if k not in settings.trainer_args})
-    trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=GRPOConfig(**args),
-                          train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
-                          peft_config=settings.lora.peft_config())
-    return train(trainer, settings, output_dir, len(rows))
+    with hf_bars_off_terminal():
+        trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=GRPOConfig(**args),
+                              train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
+                              peft_config=settings.lora.peft_config())
+        return train(trainer, settings, output_dir, len(rows), desc=desc)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, train
+from icdcoder.training.trl_common import TrainSettings, base_args, hf_bars_off_terminal, train
 
 
 def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSettings, output_dir: str | Path, *,
-            seed: int = 13, max_length: int = 2048) -> tuple[Any, dict[str, Any]]:
+            seed: int = 13, max_length: int = 2048, desc: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Train on ``rows`` of ``{"prompt": messages, "completion": [assistant message]}``.
 
     TRL's prompt-completion format masks the prompt out of the loss (``completion_only_loss``), so
     the model learns to write the answer, not to reproduce notes. Resumes from the newest checkpoint
-    in ``output_dir`` when one exists. Returns the trained model and a summary of the run.
+    in ``output_dir`` when one exists. Returns the trained model and a summary of the run. Progress is
+    reported as ``desc`` (default ``sft train``).
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -22,6 +23,7 @@ def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSet
     args = base_args(settings, output_dir, seed)
     args.setdefault("max_length", max_length)
     args.setdefault("completion_only_loss", True)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(list(rows)),
-                         processing_class=tokenizer, peft_config=settings.lora.peft_config())
-    return train(trainer, settings, output_dir, len(rows))
+    with hf_bars_off_terminal():
+        trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(list(rows)),
+                             processing_class=tokenizer, peft_config=settings.lora.peft_config())
+        return train(trainer, settings, output_dir, len(rows), desc=desc)

@@ -166,7 +166,7 @@ class _Staged(GenerativeCoder):
             rows = self._grpo_rows([by_id[i] for i, _ in pool], {i: h for i, h in pool if h})
             model, tok = self.lm()
             model, info = run_grpo(model.train(), tok, rows, settings_r, out / f"round-{r}", funcs, wts,
-                                   seed=self.seed + r)
+                                   seed=self.seed + r, desc=f"phi train round {r}/{settings.rounds}")
             self._lm, self._backend = (model, tok), None
             stat["global_step"] = info["global_step"]
             counted = [r["num_tokens"] for r in info.get("log", []) if "num_tokens" in r]

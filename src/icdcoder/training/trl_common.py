@@ -3,10 +3,16 @@
 TRL's defaults are GPU defaults (bf16, gradient checkpointing); on CPU they make a tiny run ~13x
 slower, so without CUDA both are switched off and ``use_cpu`` is set. Anything in a config's
 ``trainer_args`` overrides these defaults (that is how GPU recipes set bf16, DeepSpeed, vLLM, ...).
+
+Progress: transformers' own tqdm bar is off (``disable_tqdm``); a :class:`transformers.TrainerCallback`
+reports step/max_steps, the logged loss (and GRPO's reward) through :mod:`icdcoder.progress` instead:
+a rich bar on a terminal, a plain line every ``ICDCODER_PROGRESS_INTERVAL`` seconds otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +69,7 @@ def base_args(s: TrainSettings, output_dir: str | Path, seed: int) -> dict[str, 
         per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
         learning_rate=s.lr, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay,
         logging_steps=s.logging_steps, save_strategy="steps", save_steps=s.save_steps, save_total_limit=2,
-        report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=False,
+        report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,  # ours instead
         bf16=bool(cuda and torch.cuda.is_bf16_supported()), gradient_checkpointing=False, use_cpu=not cuda,
     )
     args.update(s.trainer_args)
@@ -78,11 +84,115 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(d)) if d.is_dir() else None
 
 
-def train(trainer, settings: TrainSettings, output_dir: str | Path, n_examples: int):
+METRICS = ("loss", "reward")  # what the progress line shows from the logs TRL emits
+
+
+@functools.cache
+def _callback_class():
+    from transformers import TrainerCallback
+
+    from icdcoder.progress import Progress
+
+    class TrainingProgress(TrainerCallback):
+        """Step/max_steps with the latest logged loss (and GRPO reward) through :mod:`icdcoder.progress`.
+        ``bar=False`` keeps the plain lines but draws no bar on a terminal (transformers draws its own)."""
+
+        def __init__(self, desc: str, **kw: Any):
+            self.desc, self.kw = desc, kw
+            self.progress: Progress | None = None
+            self._due = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and self.progress is None:
+                self.progress = Progress(self.desc, state.max_steps if state.max_steps > 0 else None,
+                                         unit="step", initial=state.global_step, **self.kw).start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is None:
+                return
+            if control.should_log:  # on_log follows with this step's loss: one line, with it
+                self._due = True
+            else:
+                self.progress.update(completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is None:
+                return
+            metrics = {k: float(logs[k]) for k in METRICS
+                       if isinstance((logs or {}).get(k), (int, float)) and not isinstance(logs[k], bool)}
+            if metrics or self._due:
+                self._due = False
+                self.progress.update(completed=state.global_step, **metrics)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.close()
+
+        def close(self, failed: bool = False) -> None:
+            if self.progress is not None:
+                self.progress.close(failed=failed)
+                self.progress = None
+
+    return TrainingProgress
+
+
+def progress_callback(desc: str, **kw: Any):
+    """A ``transformers.TrainerCallback`` reporting training progress as ``desc`` (keywords go to
+    :class:`icdcoder.progress.Progress`: ``stream``, ``interval``, ``clock``, ``bar``, ``enabled``)."""
+    return _callback_class()(desc, **kw)
+
+
+@contextlib.contextmanager
+def hf_bars_off_terminal():
+    """Off a terminal (or with ``ICDCODER_PROGRESS=off``), datasets' and transformers' own tqdm bars
+    (dataset preparation, checkpoint writing) are switched off while a stage is built and trained: in a
+    log file each is a run of ``\\r`` updates. Restored afterwards; on a terminal nothing changes."""
+    from icdcoder.progress import progress_mode
+
+    if progress_mode() == "bar":
+        yield
+        return
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    tf_on, ds_on = hf_logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if tf_on:
+            hf_logging.enable_progress_bar()
+        if ds_on:
+            datasets.enable_progress_bars()
+
+
+def _install_progress(trainer, desc: str):
+    """Replace transformers' bar / log printer with our callback (one progress display, not two)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    ours = bool(trainer.args.disable_tqdm)
+    if ours:
+        trainer.remove_callback(PrinterCallback)  # a dict per logging step on stdout; the line has the loss
+    cb = progress_callback(desc, bar=ours)  # with transformers' own bar kept: plain lines only off a terminal
+    trainer.add_callback(cb)
+    return cb
+
+
+def train(trainer, settings: TrainSettings, output_dir: str | Path, n_examples: int, *, desc: str | None = None):
     """Run a TRL trainer, resuming from the newest checkpoint in ``output_dir``; return the model
-    (LoRA adapters merged when asked) and a record of the run (steps, last logs, resume point)."""
+    (LoRA adapters merged when asked) and a record of the run (steps, last logs, resume point).
+    Progress is reported as ``desc`` (default: the trainer's kind, e.g. ``sft train``)."""
+    kind = type(trainer).__name__.removesuffix("Trainer").lower() or "trl"
+    cb = _install_progress(trainer, desc or f"{kind} train")
     resume = last_checkpoint(output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        cb.close(failed=True)
+        raise
+    finally:
+        trainer.remove_callback(cb)
+    cb.close()
     model = trainer.model
     if settings.lora.r > 0 and settings.lora.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -125,7 +125,8 @@ class HFBackend(Backend):
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[list[str]]:
         import torch
-        from tqdm.auto import tqdm
+
+        from icdcoder.progress import Progress
 
         texts = [self.render(m) for m in prompts]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # tokenized once, padded per batch
@@ -136,7 +137,8 @@ class HFBackend(Backend):
         was_training = self.model.training
         self.model.eval()
         step = max(1, self.batch_size // sampling.n)
-        bar = tqdm(total=len(texts), desc="generating", leave=False, disable=not self.progress or len(texts) < 2)
+        bar = Progress("generate", len(texts), unit="note", enabled=self.progress and len(order) > step).start()
+        failed, tokens0 = True, self.generated_tokens
         try:
             for s in range(0, len(order), step):
                 idx = order[s:s + step]
@@ -158,8 +160,9 @@ class HFBackend(Backend):
                 decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
                 for j, i in enumerate(idx):
                     out[i] = decoded[j * sampling.n:(j + 1) * sampling.n]
-                bar.update(len(idx))
+                bar.update(len(idx), tokens=self.generated_tokens - tokens0)
+            failed = False
         finally:
-            bar.close()
+            bar.close(failed=failed)
             self.model.train(was_training)
         return out

@@ -115,7 +115,8 @@ def _read_extra(files: Sequence[str]) -> list[str]:
 def pretrain(model, tokenizer, docs: Sequence[str], cfg: TinyConfig, log=print) -> dict:
     """Plain causal-LM training on packed blocks of ``docs`` for ``cfg.pretrain_steps`` steps."""
     import torch
-    from tqdm.auto import tqdm
+
+    from icdcoder.progress import Progress
 
     ids: list[int] = []
     for d in docs:
@@ -131,16 +132,16 @@ def pretrain(model, tokenizer, docs: Sequence[str], cfg: TinyConfig, log=print) 
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.pretrain_steps)))
     model.train()
     loss = torch.tensor(float("nan"))
-    bar = tqdm(range(cfg.pretrain_steps), desc="pre-training tiny LM", leave=False)
-    for _ in bar:
-        batch = data[[rng.randrange(n_blocks) for _ in range(cfg.pretrain_batch)]]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with Progress("tiny LM pretrain", cfg.pretrain_steps) as bar:
+        for _ in range(cfg.pretrain_steps):
+            batch = data[[rng.randrange(n_blocks) for _ in range(cfg.pretrain_batch)]]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            bar.update(loss=loss.item())
     model.eval()
     log(f"pre-trained the tiny LM: {cfg.pretrain_steps} steps, final loss {loss.item():.3f}")
     return {"steps": cfg.pretrain_steps, "tokens": cfg.pretrain_steps * cfg.pretrain_batch * block,

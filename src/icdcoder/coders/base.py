@@ -19,7 +19,7 @@ from icdcoder.prediction import Prediction
 CODER_FILE = "coder.json"
 _REGISTRY: dict[str, type["Coder"]] = {}
 # Where each built-in coder lives, imported on first use so `import icdcoder` never pulls torch in.
-BUILTIN = {"tfidf": "icdcoder.coders.tfidf", "plm_icd": "icdcoder.coders.plm_icd",
+BUILTIN = {"tfidf": "icdcoder.coders.tfidf", "plm_icd": "icdcoder.coders.plm_icd", "matcher": "icdcoder.coders.matcher",
            "llm_prompt": "icdcoder.coders.generative.coder", "llm_sft": "icdcoder.training.stages",
            "llm_grpo": "icdcoder.training.stages", "llm_phi": "icdcoder.training.stages"}
 

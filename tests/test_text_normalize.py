@@ -2,7 +2,7 @@
 
 import pytest
 
-from icdcoder.text import fold, fold_token, term_tokens, tokenize
+from icdcoder.text import fold_token, term_tokens, tokenize
 
 
 def test_tokens_keep_original_offsets_through_accents_and_punctuation():
@@ -32,19 +32,3 @@ def test_terms_and_notes_fold_alike():
     assert term_tokens("Type II diabetes") == ("type", "2", "diabete")
     assert "the" not in [t.norm for t in tokenize("the kidney")]
     assert [t.norm for t in tokenize("the kidney", skip=frozenset())] == ["the", "kidney"]
-
-
-def test_fold_maps_every_character_back():
-    text = "  Fiebre: 40ºC; neumonía   BILATERAL!! "
-    f = fold(text)
-    assert f.text == "fiebre 40oc neumonia bilateral"
-    assert len(f.offsets) == len(f.text)
-    for i, ch in enumerate(f.text):  # each folded letter comes from that letter, accented or not
-        if ch != " ":
-            assert fold(text[f.offsets[i]]).text == ch
-    s, e = f.span(f.text.index("neumonia"), f.text.index("neumonia") + len("neumonia"))
-    assert text[s:e] == "neumonía"
-    s, e = f.span(0, len(f.text))
-    assert text[s:e] == "Fiebre: 40ºC; neumonía   BILATERAL"
-    with pytest.raises(ValueError):
-        f.span(5, 5)

@@ -399,15 +399,10 @@ def _ontology_rows() -> dict[str, dict[str, Any]]:
     """Every real ICD-10-CM code with description, parent, billable flag, inclusion terms and chapter."""
     from icdcoder.ontology import get_ontology
 
-    ont = get_ontology()
-    rows = ont.index.query(
-        "SELECT n.code, n.description, n.parent, n.billable, t.inclusion, c.chapter, c.title FROM nodes n "
-        "LEFT JOIN notes t ON t.system = n.system AND t.code = n.code LEFT JOIN chapters c ON c.id = n.chapter "
-        "WHERE n.system = ? AND n.real = 1", ("icd10cm",))
-    return {code: {"description": desc, "parent": parent, "billable": bool(billable),
-                   "inclusion": json.loads(inclusion) if inclusion else [], "chapter": chapter,
-                   "chapter_title": title}
-            for code, desc, parent, billable, inclusion, chapter, title in rows}
+    return {r.code: {"description": r.description, "parent": r.parent, "billable": r.billable,
+                     "inclusion": list(r.inclusion_terms), "chapter": r.chapter[0] if r.chapter else None,
+                     "chapter_title": r.chapter[1] if r.chapter else None}
+            for r in get_ontology().records("icd10cm")}
 
 
 def _block_titles(categories: Iterable[str]) -> dict[str, str]:

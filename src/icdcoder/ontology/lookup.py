@@ -34,6 +34,17 @@ class _Node(NamedTuple):
     chapter: tuple[str, str] | None
 
 
+class CodeRecord(NamedTuple):
+    """One real code as whole-system readers need it (:meth:`Ontology.records`)."""
+
+    code: str
+    description: str | None
+    parent: str | None
+    billable: bool
+    inclusion_terms: tuple[str, ...]
+    chapter: tuple[str, str] | None
+
+
 class Ontology:
     """Use :func:`icdcoder.ontology.get_ontology` rather than building one: caches are per instance.
 
@@ -181,17 +192,24 @@ class Ontology:
         hits.sort()
         return [self.lookup(code, sys_) for _, _, code, sys_ in hits[:limit]]  # type: ignore[misc]
 
+    def records(self, system: str | CodeSystem) -> list[CodeRecord]:
+        """Every real code of a system, sorted, with description, parent, billable flag, inclusion terms
+        and chapter, read in one query (for readers of the whole system: search, dictionary builders)."""
+        rows = self.index.query(
+            "SELECT n.code, n.description, n.parent, n.billable, t.inclusion, c.chapter, c.title FROM nodes n "
+            "LEFT JOIN notes t ON t.system = n.system AND t.code = n.code LEFT JOIN chapters c ON c.id = n.chapter "
+            "WHERE n.system = ? AND n.real = 1 ORDER BY n.code", (parse_system(system).value,))
+        return [CodeRecord(code, desc, parent, bool(billable), tuple(json.loads(inclusion)) if inclusion else (),
+                           (chapter, title) if chapter is not None else None)
+                for code, desc, parent, billable, inclusion, chapter, title in rows]
+
     def _haystack(self, system: CodeSystem) -> list[tuple[str, str, str]]:
         if system not in self._haystacks:
-            rows = self.index.query(
-                "SELECT n.code, n.description, t.inclusion FROM nodes n LEFT JOIN notes t "
-                "ON t.system = n.system AND t.code = n.code WHERE n.system = ? AND n.real = 1 ORDER BY n.code",
-                (system.value,))
             out = []
-            for code, desc, inclusion in rows:
-                desc = (desc or "").lower()
-                extra = " | ".join(json.loads(inclusion)).lower() if inclusion else ""
-                out.append((code, desc, f"{desc} | {extra}" if extra else desc))
+            for r in self.records(system):
+                desc = (r.description or "").lower()
+                extra = " | ".join(r.inclusion_terms).lower()
+                out.append((r.code, desc, f"{desc} | {extra}" if extra else desc))
             with self._lock:
                 self._haystacks.setdefault(system, out)
         return self._haystacks[system]

@@ -9,8 +9,8 @@ mention's assertion is asked for, so ``import icdcoder.text`` stays light. Nothi
 text.
 """
 
-from icdcoder.text.normalize import Folded, Token, fold, fold_token, term_tokens, tokenize
+from icdcoder.text.normalize import Token, fold_token, term_tokens, tokenize
 from icdcoder.text.sections import Section, find_sections, section_at, split_sentences
 
-__all__ = ["Folded", "Section", "Token", "find_sections", "fold", "fold_token", "section_at", "split_sentences",
+__all__ = ["Section", "Token", "find_sections", "fold_token", "section_at", "split_sentences",
            "term_tokens", "tokenize"]

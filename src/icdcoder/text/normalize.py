@@ -1,6 +1,6 @@
 """Normalisation that never loses its way back to the original characters.
 
-Two views of a note, both with offsets into the original text:
+One view of a note, with offsets into the original text:
 
 * :func:`tokenize` - word tokens (letters and digits; internal apostrophes kept), each with its
   original ``start``/``end`` and a normalised form (:func:`fold_token`): lower case, accents
@@ -9,9 +9,6 @@ Two views of a note, both with offsets into the original text:
   dropped ("Crohn's" -> "crohn"), roman "ii"/"iii" -> "2"/"3" ("type II" -> "type 2"). Articles
   ("the", "a", "an") are skipped by default, so "cancer of the breast" and "cancer of breast" are one
   token sequence. Punctuation and hyphens separate tokens ("non-ST" -> "non", "st").
-* :func:`fold` - the whole text as one lower-case, accent-free string with every run of
-  punctuation and whitespace collapsed to one space, plus ``offsets[i]``: the original index of
-  folded character ``i``. :meth:`Folded.span` maps a folded range back to an original one.
 
 The folding is the same for note text and for dictionary terms (:func:`term_tokens`), which is all
 a matcher needs: "diabetes" folds to "diabete" in both, so they still meet.
@@ -24,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["ARTICLES", "Folded", "Token", "fold", "fold_token", "term_tokens", "tokenize"]
+__all__ = ["ARTICLES", "Token", "fold_token", "term_tokens", "tokenize"]
 
 #: Skipped by :func:`tokenize` and :func:`term_tokens` unless told otherwise.
 ARTICLES = frozenset({"the", "a", "an"})
@@ -107,41 +104,3 @@ def tokenize(text: str, skip: frozenset[str] = ARTICLES) -> list[Token]:
 def term_tokens(term: str, skip: frozenset[str] = ARTICLES) -> tuple[str, ...]:
     """The normalised token sequence of a dictionary term, as :func:`tokenize` reads note text."""
     return tuple(t.norm for t in tokenize(term, skip))
-
-
-@dataclass(frozen=True)
-class Folded:
-    """``text`` folded; ``offsets[i]`` is the original index of ``text[i]`` (one per character)."""
-
-    text: str
-    offsets: tuple[int, ...]
-    original_length: int
-
-    def span(self, start: int, end: int) -> tuple[int, int]:
-        """The original ``(start, end)`` of folded ``text[start:end]`` (``end`` exclusive, ``start < end``)."""
-        if not 0 <= start < end <= len(self.text):
-            raise ValueError(f"folded range {start}-{end} is outside 0-{len(self.text)}")
-        return self.offsets[start], self.offsets[end - 1] + 1
-
-
-def fold(text: str) -> Folded:
-    """Lower case, accents stripped, every run of non-alphanumeric characters one space, no leading
-    or trailing space; each folded character remembers the original character it came from (a
-    character that folds to several, as "\u00df" -> "ss", gives each of them the same origin)."""
-    chars: list[str] = []
-    offsets: list[int] = []
-    pending_space = False
-    for i, ch in enumerate(text):
-        folded = _strip_accents(ch.lower()) if ch.isalnum() else ""
-        folded = "".join(c for c in folded if c.isalnum())
-        if not folded:
-            pending_space = bool(chars)
-            continue
-        if pending_space:
-            chars.append(" ")
-            offsets.append(i - 1)
-            pending_space = False
-        for c in folded:
-            chars.append(c)
-            offsets.append(i)
-    return Folded("".join(chars), tuple(offsets), len(text))

@@ -173,3 +173,39 @@ def test_rules_run_after_the_coder_and_are_counted(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(DataError, match="billable"):
         ExperimentConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_training_on_train_and_val_tunes_the_threshold_by_cross_validation(tmp_path, data_dir):
+    """train_splits [train, val]: the coder sees both, val is not evaluated, and the threshold comes from
+    out-of-fold predictions (the val-tuned threshold of the same coder is not reused)."""
+    from icdcoder.experiment import cv_threshold, run_experiment
+    from icdcoder.coders.tfidf import TfidfCoder
+
+    cfg = ExperimentConfig.model_validate({
+        "name": "all", "seed": 1, "data": {"path": str(data_dir)},
+        "coder": {"name": "tfidf", "params": {"word_ngrams": [1, 1], "C": 10.0}},
+        "train_splits": ["train", "val"], "eval_splits": ["test"], "threshold": {"cv_folds": 3},
+        "output": str(tmp_path / "all")})
+    out = run_experiment(cfg, log=lambda _: None)
+    info = json.loads((tmp_path / "all" / "run.json").read_text())
+    assert info["train_examples"] == 110
+    assert info["training_labels"]["documents"] == ["train", "val"]
+    assert info["training_labels"]["threshold_tuning"] == ["3-fold cross-validation on train+val"]
+    assert not (tmp_path / "all" / "metrics-val.json").exists() and out["metrics"]["micro_f1"] > 0.5
+    from icdcoder.data import load_dataset
+
+    ds = load_dataset(data_dir)
+    notes = ds["train"] + ds["val"]
+    expected = cv_threshold(TfidfCoder, {"word_ngrams": [1, 1], "C": 10.0, "seed": 1}, notes, 3, 1)
+    assert json.loads((tmp_path / "all" / "threshold.json").read_text())["threshold"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"train_splits": ["train", "val"], "eval_splits": ["val", "test"]}, "trained on"),
+    ({"train_splits": []}, "at least one split"),
+    ({"train_splits": ["train", "val"], "eval_splits": ["test"], "code_centric": {}}, "code-centric"),
+])
+def test_train_splits_that_cannot_work_are_refused(tmp_path, data_dir, extra, match):
+    base = {"name": "x", "data": {"path": str(data_dir)}, "coder": {"name": "tfidf"}, "output": str(tmp_path / "x")}
+    with pytest.raises(Exception, match=match):
+        ExperimentConfig.model_validate({**base, **extra})

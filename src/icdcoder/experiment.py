@@ -8,6 +8,7 @@ A config names the data, the coder and its parameters, the seed and the output f
     coder: {name: tfidf, params: {classifier: svm, C: 1.0}}
     threshold: {per_code: false}
     eval_splits: [val, test]
+    train_splits: [train]                 # [train, val]: fit on both, threshold by cross-validation
     output: runs/tfidf-synth
     code_centric: {span_ratio: 0.3}       # optional: mix span -> code examples into training
 
@@ -67,6 +68,8 @@ class ThresholdConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     per_code: bool = False
+    # when val is in train_splits: the threshold comes from this many folds of out-of-fold predictions
+    cv_folds: int = Field(5, ge=2)
 
 
 class ExperimentConfig(BaseModel):
@@ -78,6 +81,9 @@ class ExperimentConfig(BaseModel):
     coder: CoderConfig
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     eval_splits: list[str] = Field(default_factory=lambda: ["val", "test"])
+    # the splits whose notes the coder is fitted on; [train, val] trains on every labelled note, and the
+    # threshold then comes from cross-validation (threshold.cv_folds), never from notes trained on
+    train_splits: list[str] = Field(default_factory=lambda: ["train"])
     output: str
     # code-centric mixed training (icdcoder.training.mixing.CodeCentricConfig); None: documents only
     code_centric: dict[str, Any] | None = None
@@ -86,6 +92,17 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sub_configs(self) -> "ExperimentConfig":
+        from icdcoder.data.note import canonical_split
+
+        train = {canonical_split(x) for x in self.train_splits}
+        if not train:
+            raise ValueError("train_splits: name at least one split")
+        both = sorted(train & {canonical_split(x) for x in self.eval_splits})
+        if both:
+            raise ValueError(f"eval_splits: {both} would be evaluated on notes the coder was trained on "
+                             "(they are in train_splits)")
+        if self.code_centric is not None and train != {"train"}:
+            raise ValueError("train_splits: code-centric training reads the train split only")
         if self.code_centric is not None:
             from icdcoder.training.mixing import CodeCentricConfig
 
@@ -160,6 +177,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit (or reuse) the coder, tune its threshold on val, predict and evaluate each split."""
     from icdcoder.coders import Coder, coder_class
+    from icdcoder.data.note import canonical_split
     from icdcoder.data.store import load_dataset
     from icdcoder.evaluation import evaluate_files
     from icdcoder.prediction import write_predictions
@@ -173,7 +191,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     info: dict[str, Any] = {"config": cfg.model_dump(), "data_dir": str(data_dir.resolve())}
 
     previous = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
-    fit_keys = ("coder", "code_centric")  # what the fitted model depends on
+    fit_keys = ("coder", "code_centric", "train_splits")  # what the fitted model depends on
     changed = bool(previous) and any(previous.get("config", {}).get(k) != info["config"][k] for k in fit_keys)
     if changed or force:
         # a different coder config (or --force) must not reuse the old model or the old checkpoints
@@ -198,9 +216,12 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
             params.setdefault("seed", cfg.seed)
         coder = cls(**params)
         write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
-        val = ds["val"] if "val" in ds else None
-        train = ds["train"]
-        info["training_labels"] = training_labels(None, val is not None)
+        train_splits = [canonical_split(x) for x in cfg.train_splits]
+        train = [n for split in train_splits for n in ds[split]]
+        merged_val = "val" in train_splits
+        val = ds["val"] if "val" in ds and not merged_val else None
+        info["training_labels"] = training_labels(None, val is not None, train_splits,
+                                                  cfg.threshold.cv_folds if merged_val else None)
         if cfg.code_centric is not None:
             from icdcoder.training.mixing import CodeCentricConfig, build_training_set
 
@@ -211,6 +232,9 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         log(f"fitting {cfg.coder.name} on {len(train):,} examples" + (f", tuning on {len(val):,}" if val else ""))
         start = time.perf_counter()
         coder.fit(train, val)
+        if merged_val and not getattr(coder, "cv_threshold_without_val", False):
+            log(f"threshold: {cfg.threshold.cv_folds}-fold cross-validation on the training notes")
+            coder.threshold = cv_threshold(cls, params, train, cfg.threshold.cv_folds, cfg.seed)
         if val and cfg.threshold.per_code:
             coder.tune_threshold(val, per_code=True)
         info["fit_seconds"] = round(time.perf_counter() - start, 3)
@@ -267,15 +291,41 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     return {"metrics": metrics, "info": info}
 
 
-def training_labels(provenance: dict[str, Any] | None, tuned_on_val: bool) -> dict[str, Any]:
-    """Which splits' gold labels the fit saw: documents (train), threshold tuning (val, when there is
-    one) and the code-centric target label space; ``evaluation_labels`` flags a run whose training
-    read val or test gold (only with ``code_centric.evaluation_labels: true``)."""
+def training_labels(provenance: dict[str, Any] | None, tuned_on_val: bool, train_splits: list[str] | None = None,
+                    cv_folds: int | None = None) -> dict[str, Any]:
+    """Which splits' gold labels the fit saw: documents (``train_splits``), threshold tuning (val when
+    there is one, or cross-validation over the training notes) and the code-centric target label
+    space; ``evaluation_labels`` flags a run whose training read val or test gold (only with
+    ``code_centric.evaluation_labels: true``)."""
     from icdcoder.training.mixing import label_provenance
 
     out = dict(provenance) if provenance else label_provenance(None)
-    out["threshold_tuning"] = ["val"] if tuned_on_val else []
+    if train_splits:
+        out["documents"] = list(train_splits)
+    out["threshold_tuning"] = ["val"] if tuned_on_val else (
+        [f"{cv_folds}-fold cross-validation on {'+'.join(train_splits or ['train'])}"] if cv_folds else [])
     return out
+
+
+def cv_threshold(cls: Any, params: dict[str, Any], notes: list, folds: int, seed: int) -> float:
+    """The threshold tuned on out-of-fold predictions: ``folds`` coders, each fitted on the other folds'
+    notes, predict the held-out ones; the pooled predictions are tuned like a val split. Used when val
+    is trained on, so the threshold is never tuned on notes the scoring model saw."""
+    import numpy as np
+
+    from icdcoder.evaluation import tune_thresholds
+
+    order = np.random.default_rng(seed).permutation(len(notes))
+    fold_of = np.empty(len(notes), dtype=int)
+    fold_of[order] = np.arange(len(notes)) % folds
+    gold, preds = [], []
+    for k in range(folds):
+        inside = [n for n, f in zip(notes, fold_of) if f != k]
+        held = [n for n, f in zip(notes, fold_of) if f == k]
+        preds += cls(**params).fit(inside, None).predict(held)
+        gold += held
+    threshold, _ = tune_thresholds(gold, preds)
+    return threshold
 
 
 def training_tokens(train: list, coder: Any) -> int:

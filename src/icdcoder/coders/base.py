@@ -20,6 +20,7 @@ CODER_FILE = "coder.json"
 _REGISTRY: dict[str, type["Coder"]] = {}
 # Where each built-in coder lives, imported on first use so `import icdcoder` never pulls torch in.
 BUILTIN = {"tfidf": "icdcoder.coders.tfidf", "plm_icd": "icdcoder.coders.plm_icd", "matcher": "icdcoder.coders.matcher",
+           "rerank": "icdcoder.coders.rerank",
            "llm_prompt": "icdcoder.coders.generative.coder", "llm_sft": "icdcoder.training.stages",
            "llm_grpo": "icdcoder.training.stages", "llm_phi": "icdcoder.training.stages"}
 

@@ -80,7 +80,7 @@ import time
 from collections import Counter, defaultdict
 from itertools import permutations
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -88,6 +88,17 @@ from icdcoder.coders.base import Coder, register
 from icdcoder.data.note import Note
 from icdcoder.prediction import Evidence, Prediction
 from icdcoder.text.normalize import Token, tokenize
+
+class Mention(NamedTuple):
+    """One place a code's term is found: its weight, characters, posting, whether the posting is the
+    code's own (not a history code it was mapped to) and its assertion ("present" when not read)."""
+
+    weight: float
+    span: tuple[int, int]
+    post: int
+    direct: bool
+    status: str
+
 
 STATE_FILE = "matcher.json"
 POSTINGS_FILE = "postings.npz"
@@ -672,7 +683,7 @@ class MatcherCoder(Coder):
             cands = self._candidates(note.text, toks)
             seen: set[int] = set()
             for code, support in cands.items():
-                for _, _, post, direct in support:
+                for _, _, post, direct, _ in support:
                     if not direct or post in seen:
                         continue
                     seen.add(post)
@@ -888,9 +899,16 @@ class MatcherCoder(Coder):
     def _chapter(self, code: str) -> str:
         return self.chapter_of.get(code[:3], code[:1])
 
-    def _candidates(self, text: str, toks: list[Token]) -> dict[str, list[tuple[float, tuple[int, int], int, bool]]]:
-        """code -> [(weight, (start, end), posting index, direct)] after assertion and specificity rules;
-        ``direct``: the posting's own code (not a family/personal history code it was mapped to)."""
+    def mentions(self, note: Note, toks: list[Token] | None = None) -> dict[str, list[Mention]]:
+        """Every code the note's terms point at, with each mention and its assertion status, negated
+        and possible ones included (the reranker weighs them; :meth:`predict` drops them). ``toks``:
+        the note already tokenised."""
+        return self._candidates(note.text, tokenize(note.text) if toks is None else toks, keep_all=True)
+
+    def _candidates(self, text: str, toks: list[Token], keep_all: bool = False) -> dict[str, list[Mention]]:
+        """code -> mentions after the assertion and specificity rules. With ``keep_all`` (and assertion
+        on) a negated, possible, family or historical mention also stays with the condition's own code,
+        marked by its status, beside any family/personal history code it maps to."""
         p = self.params
         raw = self._matches(text, toks)
         if not raw:
@@ -928,29 +946,35 @@ class MatcherCoder(Coder):
             status = assertions(text, char_spans)
         else:
             status = [None] * len(keys)
-        cands: dict[str, list[tuple[float, tuple[int, int], int, bool]]] = defaultdict(list)
+        cands: dict[str, list[Mention]] = defaultdict(list)
         for key, cs, st in zip(keys, char_spans, status):
             for post, factor in spans[key]:
                 code = self.codes[self.post_code[post]]
                 w = float(self.post_weight[post]) * factor
-                if st is None or st.value == "present":
-                    cands[code].append((w, cs, post, True))
+                value = "present" if st is None else st.value
+                if value == "present":
+                    cands[code].append(Mention(w, cs, post, True, value))
                     continue
-                value = st.value
                 if value in ("negated", "possible"):
+                    if keep_all:
+                        cands[code].append(Mention(w, cs, post, True, value))
                     continue
                 if code[:3] in ("Z80", "Z81", "Z82", "Z83", "Z84", "Z85", "Z86", "Z87"):
-                    cands[code].append((w, cs, post, True))  # a history code's own term
+                    cands[code].append(Mention(w, cs, post, True, value))  # a history code's own term
                 elif value == "family":
                     z = self.family_of.get(code)
                     if z:
-                        cands[z].append((w * p["family_weight"], cs, post, False))
+                        cands[z].append(Mention(w * p["family_weight"], cs, post, False, value))
+                    if keep_all:
+                        cands[code].append(Mention(w, cs, post, True, value))
                 else:  # historical
                     z = self.personal_of.get(code)
                     if z:
-                        cands[z].append((w, cs, post, False))
+                        cands[z].append(Mention(w, cs, post, False, value))
+                        if keep_all:
+                            cands[code].append(Mention(w, cs, post, True, value))
                     else:
-                        cands[code].append((w * p["historical_weight"], cs, post, True))
+                        cands[code].append(Mention(w * p["historical_weight"], cs, post, True, value))
         found = set(cands)
         for code in list(cands):
             for anc in prefix_ancestors(code, found):
@@ -958,10 +982,10 @@ class MatcherCoder(Coder):
         return cands
 
     # ------------------------------------------------------------------------------------ predict
-    def _score(self, code: str, support: list[tuple[float, tuple[int, int], int, bool]]) -> float:
+    def _score(self, code: str, support: list[Mention]) -> float:
         miss = 1.0
         seen: dict[tuple[int, int], float] = {}
-        for w, cs, _, _ in support:  # one weight per mention: its best posting
+        for w, cs, *_ in support:  # one weight per mention: its best posting
             seen[cs] = max(seen.get(cs, 0.0), w)
         for w in seen.values():
             miss *= 1.0 - min(max(w, 0.0), 0.999)
@@ -978,7 +1002,7 @@ class MatcherCoder(Coder):
             scores = {c: self._score(c, s) for c, s in cands.items()}
             evidence = {}
             for c, s in cands.items():
-                spans = sorted({cs for _, cs, _, _ in s})[:5]
+                spans = sorted({m.span for m in s})[:5]
                 evidence[c] = [Evidence(start=a, end=z, text=note.text[a:z]) for a, z in spans]
             out.append(Prediction.from_scores(note.id, scores, evidence, top_k=self.params["top_k"]))
         return out

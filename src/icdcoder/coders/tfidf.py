@@ -9,11 +9,16 @@ possible for codes with one or two training examples).
 
 Evidence for a predicted code: the word n-grams of the note whose tf-idf value times the code's
 weight is largest, located in the text.
+
+A saved model is data only, so loading one never runs code: ``weights.npz`` and ``bias.npy``, and the
+vectorisers as ``tfidf.json`` (codes, Platt sigmoid, settings and vocabulary) plus ``vectors.npz``
+(idf weights), loaded into light vectorisers that give scikit-learn's matrix without importing it
+(see :mod:`icdcoder.coders.tfidf_vectors`, which also reads older models' ``vectorizers.pkl`` safely).
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,10 +27,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from icdcoder.coders.base import Coder, register
+from icdcoder.coders.tfidf_vectors import LightTfidfVectorizer, load_pickled, reading
 from icdcoder.data.note import Note
 from icdcoder.prediction import Evidence, Prediction
 
 _BATCH = 512
+# Format 2: the vectorisers as data (tfidf.json: codes, platt, each vectoriser's settings and terms in
+# column order; vectors.npz: idf weights). Format 1 pickled them in vectorizers.pkl, still read (safely).
+FORMAT = 2
+WEIGHTS_FILE, BIAS_FILE, STATE_FILE, VECTORS_FILE, PICKLED_FILE = ("weights.npz", "bias.npy", "tfidf.json",
+                                                                   "vectors.npz", "vectorizers.pkl")
 
 
 @register("tfidf")
@@ -213,17 +224,53 @@ class TfidfCoder(Coder):
 
     # -------------------------------------------------------------------------------- persistence
     def _save_state(self, folder: Path) -> None:
-        sp.save_npz(folder / "weights.npz", self.W)
-        np.save(folder / "bias.npy", self.b)
-        with open(folder / "vectorizers.pkl", "wb") as fh:
-            pickle.dump({"word": self.word_vec, "char": self.char_vec, "codes": self.codes, "platt": self.platt}, fh)
+        sp.save_npz(folder / WEIGHTS_FILE, self.W)
+        np.save(folder / BIAS_FILE, self.b)
+        vectorizers, idf = {}, {}
+        for name, vec in (("word", self.word_vec), ("char", self.char_vec)):
+            if vec is not None:
+                light = LightTfidfVectorizer.from_fitted(vec)
+                vectorizers[name] = {**light.settings(), "vocabulary": light.terms}
+                if light.idf_ is not None:
+                    idf[name] = light.idf_
+        state = {"format": FORMAT, "codes": self.codes, "platt": list(self.platt), "vectorizers": vectorizers}
+        (folder / STATE_FILE).write_text(json.dumps(state, separators=(",", ":")), encoding="utf-8")
+        np.savez(folder / VECTORS_FILE, **idf)
 
     def _load_state(self, folder: Path) -> None:
-        self.W = sp.load_npz(folder / "weights.npz").tocsr()
-        self.b = np.load(folder / "bias.npy")
-        from icdcoder.coders.tfidf_vectors import load_vectorizers
+        with reading(folder / WEIGHTS_FILE):
+            self.W = sp.load_npz(folder / WEIGHTS_FILE).tocsr()  # refuses pickled arrays
+        with reading(folder / BIAS_FILE):
+            self.b = np.load(folder / BIAS_FILE, allow_pickle=False)
+        if (folder / STATE_FILE).exists() or not (folder / PICKLED_FILE).exists():
+            state, path = self._read_state(folder), folder / STATE_FILE
+        else:  # format 1
+            state, path = load_pickled(folder / PICKLED_FILE), folder / PICKLED_FILE
+        with reading(path):
+            self.word_vec, self.char_vec = state["word"], state["char"]
+            self.codes, self.platt = list(state["codes"]), tuple(float(v) for v in state["platt"])
+            if not all(isinstance(c, str) for c in self.codes) or len(self.platt) != 2:
+                raise ValueError("codes must be strings and platt two numbers")
+            n_features = sum(len(v.vocabulary_) for v in (self.word_vec, self.char_vec) if v is not None)
+            if self.W.shape != (len(self.codes), n_features) or self.b.shape != (len(self.codes),):
+                raise ValueError(f"{len(self.codes)} codes and {n_features} features do not fit weights of shape "
+                                 f"{self.W.shape} and bias of shape {self.b.shape}")
 
-        with open(folder / "vectorizers.pkl", "rb") as fh:
-            state: dict[str, Any] = load_vectorizers(fh)  # scikit-learn's vectorisers, without importing it
-        self.word_vec, self.char_vec = state["word"], state["char"]
-        self.codes, self.platt = state["codes"], tuple(state["platt"])
+    @staticmethod
+    def _read_state(folder: Path) -> dict[str, Any]:
+        path = folder / STATE_FILE
+        with reading(path):
+            state = json.loads(path.read_text(encoding="utf-8"))
+            version = state.get("format") if isinstance(state, dict) else None
+            if version != FORMAT:
+                raise ValueError(f"unknown TF-IDF model format {version!r} (this version reads {FORMAT})")
+        with reading(folder / VECTORS_FILE), np.load(folder / VECTORS_FILE, allow_pickle=False) as z:
+            idf = {name: z[name] for name in z.files}
+        with reading(path):
+            vectorizers = state["vectorizers"]
+            if "word" not in vectorizers or set(vectorizers) - {"word", "char"}:
+                raise ValueError("vectorizers must be word and optionally char")
+            made = {name: LightTfidfVectorizer({k: v for k, v in spec.items() if k != "vocabulary"},
+                                               spec["vocabulary"], idf.get(name))
+                    for name, spec in vectorizers.items()}
+            return {"word": made["word"], "char": made.get("char"), "codes": state["codes"], "platt": state["platt"]}

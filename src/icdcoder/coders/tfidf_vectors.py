@@ -1,67 +1,123 @@
-"""A saved TF-IDF model's vectorisers, read and applied without importing scikit-learn.
+"""A TF-IDF model's vectorisers as plain data, applied without importing scikit-learn.
 
-Importing scikit-learn costs one to two seconds (scipy.stats, pandas come with it), more than all
-the rest of ``icdcoder code`` on one note. A fitted ``TfidfVectorizer`` is plain data (vocabulary,
-idf weights, settings), so :func:`load_vectorizers` unpickles it into :class:`LightTfidfVectorizer`,
-whose :meth:`~LightTfidfVectorizer.transform` repeats scikit-learn's steps in the same order and
-precision (analyse, count, sublinear tf, idf, l2 norm summed in float64 row by row), giving the same
-matrix. Settings it does not reproduce (a custom tokenizer, stop words, accent stripping, binary
-counts ...) or any other class in the pickle make it load with scikit-learn instead. Pickling a light
-vectoriser writes the scikit-learn class again, so a model saved after loading is unchanged.
+A model folder must never run code when it is loaded, so it holds no pickle; and importing
+scikit-learn costs one to two seconds (scipy.stats, pandas come with it), more than all the rest of
+``icdcoder code`` on one note. A fitted ``TfidfVectorizer`` is plain data: settings, the vocabulary
+and the idf weights. :meth:`LightTfidfVectorizer.from_fitted` takes that data from one, the coder
+saves it as JSON (settings, terms in column order) and an npz file (idf), and
+:class:`LightTfidfVectorizer` rebuilt from it repeats scikit-learn's ``transform`` in the same order
+and precision (analyse, count, sublinear tf, idf, l2 norm summed in float64 row by row), giving the
+same matrix bit for bit. It reproduces the settings the coder uses (word and char_wb analysers,
+n-gram range, lowercase, token pattern, sublinear tf, idf, l2 or no norm, float32 or float64); a
+vectoriser with any other (a custom tokenizer, stop words, accent stripping, binary counts ...) is
+refused, when saved as when loaded.
+
+Models saved before this format pickled the vectorisers (``vectorizers.pkl``). :func:`load_pickled`
+still reads them, through an unpickler that resolves only the globals such a pickle holds
+(scikit-learn's two classes, as inert state, and numpy's array, dtype and scalar reconstructors) and
+refuses any other, so a crafted file cannot run code; it never falls back to ``pickle.load``.
 """
 
 from __future__ import annotations
 
-import copyreg
+import contextlib
 import pickle
 import re
-from typing import Any, BinaryIO
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-_SKLEARN_TEXT = "sklearn.feature_extraction.text"
+from icdcoder.errors import IcdcoderError
+
 _WHITE_SPACES = re.compile(r"\s\s+")
+_DTYPES = ("float32", "float64")
+_SETTINGS = ("analyzer", "ngram_range", "lowercase", "token_pattern", "sublinear_tf", "norm", "use_idf", "smooth_idf",
+             "dtype", "encoding", "decode_error")
+# settings of scikit-learn's vectoriser that the light one does not reproduce, with their defaults
+_FIXED = {"input": "content", "preprocessor": None, "tokenizer": None, "strip_accents": None, "stop_words": None,
+          "binary": False}
 
 
-class _NeedsSklearn(Exception):
-    pass
+class LightTfidfVectorizer:
+    """``transform``, ``vocabulary_``, ``idf_`` and ``get_feature_names_out`` of a fitted TfidfVectorizer,
+    built from its settings (:meth:`settings`, JSON), its terms in column order and its idf weights
+    (None when ``use_idf`` is false). Raises ValueError for settings it does not reproduce."""
 
+    def __init__(self, settings: dict[str, Any], terms: Sequence[str], idf: np.ndarray | None):
+        s = settings
+        missing = [k for k in _SETTINGS if k not in s] if isinstance(s, dict) else list(_SETTINGS)
+        if missing:
+            raise ValueError(f"the vectoriser's settings lack {', '.join(missing)}")
+        self.analyzer, self.lowercase, self.token_pattern = s["analyzer"], s["lowercase"], s["token_pattern"]
+        self.sublinear_tf, self.norm, self.use_idf, self.smooth_idf = (s["sublinear_tf"], s["norm"], s["use_idf"],
+                                                                       s["smooth_idf"])
+        self.encoding, self.decode_error = s["encoding"], s["decode_error"]
+        if self.analyzer not in ("word", "char_wb"):
+            raise ValueError(f"analyzer {self.analyzer!r} is not supported (word or char_wb)")
+        ngrams = s["ngram_range"]
+        if not (isinstance(ngrams, (list, tuple)) and len(ngrams) == 2
+                and all(isinstance(n, (int, np.integer)) for n in ngrams) and 1 <= ngrams[0] <= ngrams[1]):
+            raise ValueError(f"bad ngram_range {ngrams!r}")
+        self.ngram_range = (int(ngrams[0]), int(ngrams[1]))
+        if not all(isinstance(v, bool) for v in (self.lowercase, self.sublinear_tf, self.use_idf, self.smooth_idf)):
+            raise ValueError("lowercase, sublinear_tf, use_idf and smooth_idf must be true or false")
+        if self.norm not in ("l2", None):
+            raise ValueError(f"norm {self.norm!r} is not supported (l2 or none)")
+        if s["dtype"] not in _DTYPES:
+            raise ValueError(f"dtype {s['dtype']!r} is not supported ({' or '.join(_DTYPES)})")
+        self.dtype = np.dtype(s["dtype"])
+        if not isinstance(self.encoding, str) or not isinstance(self.decode_error, str):
+            raise ValueError("encoding and decode_error must be strings")
+        self._token_re = re.compile(self.token_pattern) if isinstance(self.token_pattern, str) else None
+        if self._token_re is None or self._token_re.groups > 1:
+            raise ValueError(f"token_pattern must be a regular expression with at most one group, not "
+                             f"{self.token_pattern!r}")
+        if not isinstance(terms, (list, tuple)) or not all(isinstance(t, str) for t in terms):
+            raise ValueError("the vocabulary must be a list of strings")
+        self._terms = list(terms)
+        self.vocabulary_ = {t: j for j, t in enumerate(self._terms)}
+        if len(self.vocabulary_) != len(self._terms):
+            raise ValueError("the vocabulary repeats a term")
+        if self.use_idf:
+            if not (isinstance(idf, np.ndarray) and idf.dtype.kind == "f" and idf.shape == (len(self._terms),)):
+                raise ValueError(f"the idf weights must be {len(self._terms)} floats")
+        elif idf is not None:
+            raise ValueError("idf weights given with use_idf false")
+        self.idf_ = idf
 
-class _Light:
-    """State holder standing in for a scikit-learn class; pickles back as that class."""
+    @classmethod
+    def from_fitted(cls, vec: Any) -> "LightTfidfVectorizer":
+        """The light copy of a fitted scikit-learn ``TfidfVectorizer`` (or of the inert state an old
+        pickle holds of one; a light vectoriser is returned as is)."""
+        if isinstance(vec, cls):
+            return vec
+        d = vars(vec)
+        tfidf = vars(d["_tfidf"])
+        for name, default in _FIXED.items():
+            if d[name] != default:
+                raise ValueError(f"{name}={d[name]!r} is not supported (only {default!r})")
+        vocabulary = d["vocabulary_"]
+        if not isinstance(vocabulary, dict):
+            raise ValueError("vocabulary_ is not a dict")
+        terms = sorted(vocabulary, key=vocabulary.__getitem__)
+        if [vocabulary[t] for t in terms] != list(range(len(terms))):
+            raise ValueError("the vocabulary's columns are not 0 to n-1")
+        settings = {k: tfidf[k] if k in ("sublinear_tf", "norm", "use_idf", "smooth_idf") else d[k]
+                    for k in _SETTINGS}
+        settings["dtype"] = np.dtype(d["dtype"]).name
+        idf = tfidf.get("idf_") if tfidf["use_idf"] else None
+        return cls(settings, terms, None if idf is None else np.asarray(idf))
 
-    _sklearn_name = ""
+    def settings(self) -> dict[str, Any]:
+        """What the constructor takes besides terms and idf, as JSON values."""
+        return {**{k: getattr(self, k) for k in _SETTINGS}, "ngram_range": list(self.ngram_range),
+                "dtype": self.dtype.name}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def __reduce_ex__(self, protocol: int):
-        import importlib
-
-        cls = getattr(importlib.import_module(_SKLEARN_TEXT), self._sklearn_name)
-        return copyreg._reconstructor, (cls, object, None), {k: v for k, v in self.__dict__.items() if not k.startswith("_light_")}
-
-
-class LightTfidfTransformer(_Light):
-    _sklearn_name = "TfidfTransformer"
-
-
-class LightTfidfVectorizer(_Light):
-    """``transform``, ``vocabulary_`` and ``get_feature_names_out`` of a fitted TfidfVectorizer."""
-
-    _sklearn_name = "TfidfVectorizer"
-
-    def supported(self) -> bool:
-        d = self.__dict__
-        tfidf = d.get("_tfidf")
-        return (isinstance(tfidf, LightTfidfTransformer) and isinstance(d.get("vocabulary_"), dict)
-                and all(k in d for k in ("encoding", "decode_error", "lowercase", "ngram_range"))
-                and all(k in tfidf.__dict__ for k in ("sublinear_tf", "norm"))
-                and d.get("input") == "content" and d.get("analyzer") in ("word", "char_wb")
-                and d.get("preprocessor") is None and d.get("tokenizer") is None
-                and d.get("strip_accents") is None and d.get("stop_words") is None and not d.get("binary")
-                and isinstance(d.get("token_pattern"), str) and re.compile(d["token_pattern"]).groups <= 1
-                and tfidf.__dict__.get("norm") in ("l2", None))
+    @property
+    def terms(self) -> list[str]:
+        return self._terms
 
     # -------------------------------------------------------------------------------- analysis
     def _analyze(self, doc: str) -> list[str]:
@@ -72,7 +128,7 @@ class LightTfidfVectorizer(_Light):
         min_n, max_n = self.ngram_range
         if self.analyzer == "char_wb":
             return _char_wb_ngrams(doc, min_n, max_n)
-        tokens = self._token_re().findall(doc)
+        tokens = self._token_re.findall(doc)
         if max_n == 1:
             return tokens
         original = tokens
@@ -84,12 +140,6 @@ class LightTfidfVectorizer(_Light):
             for i in range(len(original) - n + 1):
                 tokens.append(" ".join(original[i:i + n]))
         return tokens
-
-    def _token_re(self) -> re.Pattern:
-        pattern = self.__dict__.get("_light_token_re")
-        if pattern is None:
-            pattern = self.__dict__["_light_token_re"] = re.compile(self.token_pattern)
-        return pattern
 
     # ------------------------------------------------------------------------------- transform
     def transform(self, docs) -> Any:
@@ -107,26 +157,20 @@ class LightTfidfVectorizer(_Light):
                 indices.append(j)
                 values.append(counter[j])
             indptr.append(len(indices))
-        dtype = self.__dict__.get("dtype", np.float64)
-        data = np.asarray(values, dtype=dtype)
-        tfidf = self._tfidf
-        if tfidf.sublinear_tf:
+        data = np.asarray(values, dtype=self.dtype)
+        if self.sublinear_tf:
             np.log(data, data)
             data += 1.0
-        idf = tfidf.__dict__.get("idf_")
         cols = np.asarray(indices, dtype=np.int32)
-        if idf is not None:
-            data *= idf[cols]
-        if tfidf.norm == "l2":
+        if self.idf_ is not None:
+            data *= self.idf_[cols]
+        if self.norm == "l2":
             _normalize_l2_rows(data, indptr)
         return sp.csr_matrix((data, cols, np.asarray(indptr, dtype=np.int32)), shape=(len(indptr) - 1, len(vocab)),
                              dtype=data.dtype)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        names = [None] * len(self.vocabulary_)
-        for term, j in self.vocabulary_.items():
-            names[j] = term
-        return np.asarray(names, dtype=object)
+        return np.asarray(self._terms, dtype=object)
 
 
 def _char_wb_ngrams(text: str, min_n: int, max_n: int) -> list[str]:
@@ -159,33 +203,86 @@ def _normalize_l2_rows(data: np.ndarray, indptr: list[int]) -> None:
         row[:] = (row.astype(np.float64) / np.sqrt(total)).astype(data.dtype)
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module == _SKLEARN_TEXT and name == "TfidfVectorizer":
-            return LightTfidfVectorizer
-        if module == _SKLEARN_TEXT and name == "TfidfTransformer":
-            return LightTfidfTransformer
-        if module.split(".")[0] == "sklearn":
-            raise _NeedsSklearn(f"{module}.{name}")
-        return super().find_class(module, name)
-
-
-def load_vectorizers(fh: BinaryIO) -> Any:
-    """``pickle.load`` of a TF-IDF coder's state, with light vectorisers where they reproduce
-    scikit-learn's exactly (scikit-learn itself otherwise)."""
-    start = fh.tell()
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn any failure to read or make sense of a model file into an IcdcoderError naming it."""
     try:
-        state = _Unpickler(fh).load()
-    except _NeedsSklearn:
-        state = None
-    if state is not None and all(v is None or (isinstance(v, LightTfidfVectorizer) and v.supported())
-                                 for v in _vectorizers(state)):
-        return state
-    fh.seek(start)
-    return pickle.load(fh)
+        yield
+    except IcdcoderError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as e:
+        raise IcdcoderError(f"{path}: cannot load this TF-IDF model file: {e}") from e
 
 
-def _vectorizers(state: Any) -> list[Any]:
-    if isinstance(state, dict):
-        return [v for k, v in state.items() if k in ("word", "char")]
-    return [state]
+# ------------------------------------------------------------------------------ old pickled models
+
+class _Pickled:
+    """Inert stand-in for a scikit-learn class in an old pickle: keeps the state it is given, runs nothing."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class _PickledVectorizer(_Pickled):
+    pass
+
+
+class _PickledTransformer(_Pickled):
+    pass
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    """Every global a pickled fitted TfidfVectorizer holds (pickle protocols 4 and 5, numpy 1 and 2)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("sklearn.feature_extraction.text", "TfidfVectorizer"): _PickledVectorizer,
+        ("sklearn.feature_extraction.text", "TfidfTransformer"): _PickledTransformer,
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,  # arrays (idf) and their dtypes
+        ("numpy", "float32"): np.float32, ("numpy", "float64"): np.float64}  # the vectoriser's dtype setting
+    for core in ("numpy._core", "numpy.core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct  # arrays, protocol 4
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar  # numpy ints (vocabulary columns)
+        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # arrays, protocol 5
+    return allowed
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, fh, path: Path):
+        super().__init__(fh)
+        self.path, self.allowed = path, _allowed()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise IcdcoderError(f"{self.path}: refused to load {module}.{name}: a TF-IDF model's vectorisers "
+                                f"need nothing but scikit-learn's two classes and numpy arrays, and this "
+                                f"global could run code (the file may be crafted). Re-train the model with "
+                                f"this version, which saves no pickle.") from None
+
+
+def load_pickled(path: Path) -> dict[str, Any]:
+    """The state an old TF-IDF model pickled (``word``, ``char``, ``codes``, ``platt``), its vectorisers
+    made light; raises IcdcoderError, naming the file, for any other content."""
+    with reading(path):
+        with open(path, "rb") as fh:
+            state = _Unpickler(fh, path).load()
+        if not isinstance(state, dict):
+            raise ValueError(f"a {type(state).__name__}, not the saved state")
+        vecs = {}
+        for name in ("word", "char"):
+            vec = state[name]
+            if not (isinstance(vec, _PickledVectorizer) or (vec is None and name == "char")):
+                raise ValueError(f"{name} is a {type(vec).__name__}, not a TfidfVectorizer")
+            try:
+                vecs[name] = None if vec is None else LightTfidfVectorizer.from_fitted(vec)
+            except (ValueError, KeyError, TypeError) as e:
+                raise IcdcoderError(f"{path}: the {name} vectoriser cannot be loaded without unpickling "
+                                    f"scikit-learn ({type(e).__name__}: {e}); re-train the model with this "
+                                    f"version") from e
+        return {**vecs, "codes": state["codes"], "platt": state["platt"]}

@@ -178,6 +178,21 @@ def add_code_centric(out: dict[str, Any], gold: Sequence[Note], aligned: Sequenc
     return out
 
 
+def add_traps(out: dict[str, Any], gold: Sequence[Note], m: ScoreMatrix, threshold: float,
+              per_code: Mapping[str, float] | None, systems: Mapping[str, str],
+              reference_codes: Sequence[str] | None = None) -> dict[str, Any]:
+    """``traps`` (:func:`traps.trap_errors_matrix`: negated, ruled-out, uncertain and family mentions
+    predicted anyway, wrong siblings) when the gold notes carry ``metadata["traps"]`` (the synthetic
+    corpus); other data get no key. ``reference_codes``: the dataset's codes, which sibling
+    opportunities are counted against (default: the gold codes of ``gold``)."""
+    from icdcoder.evaluation.traps import has_traps, trap_errors_matrix
+
+    if has_traps(gold):
+        out["traps"] = trap_errors_matrix(gold, m, m.predicted(threshold, per_code or None), systems=systems,
+                                          reference_codes=reference_codes)
+    return out
+
+
 def evaluate(gold: Sequence[Note], preds: Sequence[Prediction], *, threshold: float | None = None,
              label_space: list[str] | None = None, train_counts: Mapping[str, int] | None = None,
              codes: CodesArg = "all", per_code_thresholds: Mapping[str, float] | None = None,
@@ -192,6 +207,8 @@ def evaluate(gold: Sequence[Note], preds: Sequence[Prediction], *, threshold: fl
     out = evaluate_matrix(m, threshold=threshold, per_code=per_code_thresholds, train_counts=train_counts,
                           systems=code_systems_of(gold, code_systems))
     add_code_centric(out, gold, aligned, out["threshold"], per_code_thresholds)
+    add_traps(out, gold, m, out["threshold"], per_code_thresholds, code_systems_of(gold, code_systems),
+              label_space if label_space is not None else default_label_space(gold, [], train_counts))
     out["codes"] = codes
     out["n_extra_predictions"] = n_extra
     return out
@@ -279,7 +296,8 @@ def evaluate_files(data_dir: str | Path, split: str, pred_path: str | Path, thre
     (:func:`resolve_threshold`: per-line, then ``threshold.json`` / ``coder.json`` beside them, per-code
     thresholds included); ``threshold_source`` in the result says which. The label space is the
     dataset's (every gold code of every split) plus the predicted codes; training counts come from the
-    manifest. ``analysis=True`` adds the error analysis (:func:`analysis.error_analysis`) under ``"analysis"``."""
+    manifest. ``analysis=True`` adds the error analysis (:func:`analysis.error_analysis`) under ``"analysis"``;
+    notes that carry ``metadata["traps"]`` add ``"traps"`` (:func:`add_traps`)."""
     threshold, per_code, source = resolve_threshold(pred_path, threshold)
     gold, manifest = load_gold(data_dir, split)
     preds = read_predictions(pred_path)
@@ -290,9 +308,12 @@ def evaluate_files(data_dir: str | Path, split: str, pred_path: str | Path, thre
                    | {c.code for p in aligned for c in p.codes})
     space = resolve_label_space(gold, aligned, space, train_counts, codes)
     m = build_matrix(gold, aligned, space)
+    systems = code_systems_of(gold, manifest.get("code_system_of"))
     out = evaluate_matrix(m, threshold=threshold, per_code=per_code or None, train_counts=train_counts,
-                          systems=code_systems_of(gold, manifest.get("code_system_of")))
+                          systems=systems)
     add_code_centric(out, gold, aligned, threshold, per_code)
+    add_traps(out, gold, m, threshold, per_code, systems,
+              sorted({c for f in freqs.values() for c in f} | {c for n in gold for c in n.codes}))
     out.update({"codes": codes, "n_extra_predictions": n_extra, "threshold_source": source,
                 "data_dir": str(Path(data_dir).resolve()), "split": split,
                 "pred_path": str(Path(pred_path).resolve())})
@@ -300,5 +321,5 @@ def evaluate_files(data_dir: str | Path, split: str, pred_path: str | Path, thre
         from icdcoder.evaluation.analysis import error_analysis
 
         out["analysis"] = error_analysis(m, m.predicted(threshold, per_code or None), train_counts=train_counts,
-                                         systems=code_systems_of(gold, manifest.get("code_system_of")))
+                                         systems=systems)
     return out

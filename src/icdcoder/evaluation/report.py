@@ -3,10 +3,10 @@
 The HTML embeds its plots as base64 PNG (matplotlib, Agg backend) and its style inline: it loads
 nothing from anywhere. Without matplotlib the reports are written without plots (and say so).
 
-Contents: the metrics table; evidence scores (when the gold has evidence spans); paired-bootstrap
-significance of each run against the previous one, or of the pairs asked for (when both come with
-their per-note data); micro F1 by training-frequency bucket (bar chart); the micro precision-recall
-curve of each coder.
+Contents: the metrics table; evidence scores (when the gold has evidence spans); trap errors (when
+the gold notes record traps, :mod:`traps`); paired-bootstrap significance of each run against the
+previous one, or of the pairs asked for (when both come with their per-note data); micro F1 by
+training-frequency bucket (bar chart); the micro precision-recall curve of each coder.
 """
 
 from __future__ import annotations
@@ -161,6 +161,32 @@ def _evidence_rows(metrics: list[Mapping[str, Any]]) -> list[tuple[str, list[Any
     return [(k, [(m.get("evidence") or {}).get(k) for m in metrics]) for k in EVIDENCE_KEYS]
 
 
+TRAP_ROWS = ("negated", "ruled_out", "uncertain", "family", "all")
+
+
+def _trap_cell(d: Mapping[str, Any] | None, num: str, den: str) -> str:
+    if not d:
+        return "-"
+    rate = d.get("rate")
+    return f"{d.get(num, 0)}/{d.get(den, 0)}" + ("" if rate is None else f" ({rate:.3f})")
+
+
+def _trap_rows(metrics: list[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """Rows of the trap table (``metrics["traps"]``, on notes that record traps: the synthetic corpus):
+    errors/mentions (rate) per trap kind, then wrong siblings/opportunities (rate)."""
+    if not any(m.get("traps") for m in metrics):
+        return []
+    rows = [(k, [_trap_cell((m.get("traps") or {}).get(k), "errors", "mentions") for m in metrics])
+            for k in TRAP_ROWS]
+    rows.append(("sibling", [_trap_cell((m.get("traps") or {}).get("sibling"), "count", "opportunities")
+                             for m in metrics]))
+    return rows
+
+
+TRAP_TITLE = "Trap errors (predicted although the note says not to code it: errors/mentions (rate); " \
+             "sibling: wrong siblings/opportunities)"
+
+
 def training_labels_cell(m: Mapping[str, Any]) -> str | None:
     """Which splits' gold labels a run's training saw (``metrics["training_labels"]``, written by
     experiments): ``train`` for a clean run; evaluation splits are named and flagged."""
@@ -197,6 +223,10 @@ def _markdown(names, metrics, sig, bucket_rows, has_plots, extra, title) -> str:
         lines += ["", "## Evidence (span level, overlap with a gold span of the same code)", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {k} | " + " | ".join(_fmt(v) for v in vals) + " |" for k, vals in ev]
+    traps = _trap_rows(metrics)
+    if traps:
+        lines += ["", f"## {TRAP_TITLE}", "", "| trap | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {k} | " + " | ".join(vals) + " |" for k, vals in traps]
     if extra:
         lines += ["", "## Cost and errors", "", "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for k, vals in extra.items():
@@ -247,6 +277,10 @@ def _html(names, metrics, sig, bucket_rows, plots: dict[str, str | None], has_pl
     if ev:
         parts.append("<h2>Evidence (span level, overlap with a gold span of the same code)</h2>")
         parts.append(_html_table([""] + names, [[k] + [_fmt(v) for v in vals] for k, vals in ev]))
+    traps = _trap_rows(metrics)
+    if traps:
+        parts.append(f"<h2>{html.escape(TRAP_TITLE)}</h2>")
+        parts.append(_html_table(["trap"] + names, [[k] + vals for k, vals in traps]))
     if extra:
         parts.append("<h2>Cost and errors</h2>")
         parts.append(_html_table([""] + names, [[k] + [_fmt(v) for v in vals] for k, vals in extra.items()]))

@@ -29,9 +29,13 @@ mention (the term of Z80.3) is present.
 
 from __future__ import annotations
 
+import bisect
+import re
 import threading
 from enum import Enum
 from typing import Any, Sequence
+
+import numpy as np
 
 from icdcoder.text.sections import Section, find_sections, section_at, split_sentences
 
@@ -146,6 +150,39 @@ def _pipeline() -> Any:
     return _nlp
 
 
+_trigger_res: dict[str, Any] = {}
+
+
+def _trigger_re(kind: str) -> Any:
+    """Every trigger phrase of ``kind`` (any position), case-insensitive, on word boundaries."""
+    got = _trigger_res.get(kind)
+    if got is None:
+        t = TRIGGERS[kind]
+        phrases = sorted({p for key in ("preceding_negations", "following_negations") for p in t[key]},
+                         key=len, reverse=True)
+        got = _trigger_res[kind] = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)",
+                                              re.IGNORECASE)
+    return got
+
+
+def _sentence_kinds(text: str, sentences: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[list[str]]:
+    """Per mention: the categories with a trigger in its sentence (all of them outside any sentence),
+    each sentence searched once."""
+    starts = [s for s, _ in sentences]
+    found: dict[int, list[str]] = {}
+    out = []
+    for offset, _ in spans:
+        i = bisect.bisect_right(starts, offset) - 1
+        if i < 0 or offset >= sentences[i][1]:
+            out.append([k.value for k in _ORDER])
+            continue
+        if i not in found:
+            s, e = sentences[i]
+            found[i] = [k.value for k in _ORDER if _trigger_re(k.value).search(text, s, e)]
+        out.append(found[i])
+    return out
+
+
 def assertions(text: str, spans: Sequence[tuple[int, int]], *, sentences: Sequence[tuple[int, int]] | None = None,
                sections: Sequence[Section] | None = None) -> list[Assertion]:
     """The assertion of each mention ``text[start:end]`` (in the order given). ``sentences`` and
@@ -154,28 +191,40 @@ def assertions(text: str, spans: Sequence[tuple[int, int]], *, sentences: Sequen
     if not spans:
         return []
     nlp = _pipeline()
+    from spacy.attrs import SENT_START
+
     sentences = split_sentences(text) if sentences is None else sentences
     sections = find_sections(text) if sections is None else sections
-    doc = nlp.make_doc(text)
-    starts = {s for s, _ in sentences}
-    ends = {e for _, e in sentences}
-    prev_end = True
-    for tok in doc:  # a token starts a sentence where a sentence starts, or after one ends
-        tok.is_sent_start = tok.i == 0 or tok.idx in starts or prev_end
-        prev_end = (tok.idx + len(tok.text)) in ends
-    mentions = []
-    for start, end in spans:
-        span = doc.char_span(start, end, alignment_mode="expand")
-        mentions.append(span)
-    doc.spans[_KEY] = [m for m in mentions if m is not None]
-    for _, proc in nlp.pipeline:
-        doc = proc(doc)
+    # NegEx scopes end at the sentence, so a mention whose sentence holds no trigger of any category
+    # is present: only the others go through spaCy, and only the categories that can fire (the
+    # regexes match a superset of what negspacy's phrase matcher finds).
+    kinds_of = _sentence_kinds(text, sentences, spans)
+    wanted = [i for i, k in enumerate(kinds_of) if k]
+    mentions: list[Any] = [None] * len(spans)
+    if wanted:
+        doc = nlp.make_doc(text)
+        starts = {s for s, _ in sentences}
+        ends = {e for _, e in sentences}
+        flags = np.full((len(doc), 1), -1, dtype=np.int32)  # SENT_START: 1 starts a sentence, -1 does not
+        prev_end = True
+        for tok in doc:  # a token starts a sentence where a sentence starts, or after one ends
+            if tok.i == 0 or tok.idx in starts or prev_end:
+                flags[tok.i, 0] = 1
+            prev_end = (tok.idx + len(tok)) in ends
+        doc.from_array([SENT_START], flags.astype(np.uint64))
+        for i in wanted:
+            mentions[i] = doc.char_span(spans[i][0], spans[i][1], alignment_mode="expand")
+        doc.spans[_KEY] = [m for m in mentions if m is not None]
+        active = {f"context_{k}" for i in wanted for k in kinds_of[i]}
+        for name, proc in nlp.pipeline:
+            if name in active:
+                doc = proc(doc)
     out = []
     for (start, _), span in zip(spans, mentions):
         status = Assertion.PRESENT
         if span is not None:
             for kind in _ORDER:
-                if span._.get(f"icd_{kind.value}"):
+                if span.has_extension(f"icd_{kind.value}") and span._.get(f"icd_{kind.value}"):
                     status = kind
                     break
         section = section_at(list(sections), start)

@@ -88,6 +88,7 @@ class GenerativeCoder(Coder):
         self._pool: Retriever | None = None
         self._backend = None
         self._lm = None  # (model, tokenizer) in memory after training
+        self._candidate_coder: Coder | None = None  # prompt.candidates_from, loaded on first use
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -197,12 +198,31 @@ class GenerativeCoder(Coder):
             examples = [(self._pool.texts[i], self._pool.codes[i]) for i in
                         self._pool.nearest(note.text, cfg.few_shot, exclude)]
         onto = get_ontology() if (cfg.candidates or hint) else None
-        if self._pool is not None and cfg.candidates:
+        if cfg.candidates and cfg.candidates_from:
+            candidates = [(c, onto.describe(c, code_system(cfg.system))) for c in
+                          self._ranked_candidates(note, exclude_self)]
+        elif self._pool is not None and cfg.candidates:
             candidates = [(c, onto.describe(c, code_system(cfg.system))) for c in
                           self._pool.candidates(note.text, cfg.candidates, exclude=exclude)]
         hints = [(c, onto.describe(c, code_system(cfg.system))) for c in hint] if hint else []
         return build_messages(note.text, cfg, self.backend().token_offsets, examples=examples,
                               candidates=candidates, hint=hints)
+
+    def _ranked_candidates(self, note: Note, training: bool) -> list[str]:
+        """The first ``candidates`` codes of the ``candidates_from`` coder's ranking. For a training
+        note the coder's out-of-fold ranking is used when it kept one (a reranker does): a ranking
+        by a model fitted on the note would list its gold codes first, and the LM would learn to copy
+        a list that is never that good on new notes."""
+        cfg = self.prompt_cfg
+        if self._candidate_coder is None:
+            self._candidate_coder = Coder.load(cfg.candidates_from)
+        ranker = self._candidate_coder
+        if training:
+            oof = getattr(ranker, "out_of_fold", {}) or {}
+            if note.id in oof:
+                return [c for c, _ in oof[note.id]][: cfg.candidates]
+        pred = ranker.predict([note])[0]
+        return [c.code for c in pred.codes[: cfg.candidates]]
 
     def answer(self, note: Note) -> Messages:
         """The target completion for SFT: the gold code set in the answer format (with evidence mode,

@@ -42,6 +42,7 @@ class PromptConfig:
     few_shot: int = 0                 # solved examples from training notes (nearest by TF-IDF)
     few_shot_note_tokens: int = 256   # budget of each example's note
     candidates: int = 0               # candidate codes described in the prompt (from the nearest notes)
+    candidates_from: str | None = None  # ... or from this saved coder's ranking (e.g. a rerank model folder)
     instruction: str | None = None    # overrides INSTRUCTION
     evidence: bool = False            # evidence-grounded answers: each code with a quote of the note
 

@@ -30,6 +30,9 @@ data_app.add_typer(prepare_app, name="prepare")
 app.add_typer(ontology_app, name="ontology")
 export_app = typer.Typer(help="Write predictions in a shared task's submission format.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+models_app = typer.Typer(help="Named pretrained LMs (e.g. smollm2-135m-instruct): installed offline from pip "
+                              "packages, converted once into a cache.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 class SplitMethod(str, Enum):
@@ -764,6 +767,66 @@ def _has_torch() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+# ------------------------------------------------------------------------------------------------ models
+CacheOpt = typer.Option(None, "--cache", help="Folder of prepared models (default: $ICDCODER_CACHE/models, "
+                                              "else ~/.cache/icdcoder/models).")
+
+
+@models_app.command("list")
+def models_list(cache: Optional[Path] = CacheOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every named model: size, licence, whether its package is installed and where it is prepared."""
+    from icdcoder.lm_models import describe
+
+    rows = describe(cache)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table("name", "size", "licence", "installed", title="named models (model: NAME in a coder's params)")
+    t.add_column("prepared", overflow="fold")
+    for r in rows:
+        lic = r["license"] + (" (accept to install)" if r["gated"] else "")
+        t.add_row(r["name"], r["size"], lic, "yes" if r["installed"] else "no",
+                  r["folder"] if r["prepared"] else f"no ({r['problem']})")
+    out.print(t)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: str = typer.Argument(..., help="A named model (icdcoder models list)."),
+    cache: Optional[Path] = CacheOpt,
+    accept_license: bool = typer.Option(False, "--accept-license", help="Accept a gated model's licence terms."),
+    force: bool = typer.Option(False, "--force", help="Convert again even if the prepared folder checks out."),
+) -> None:
+    """Install the model's package if missing (pip --no-deps, constraints.txt), convert its GGUF once
+    into a safetensors folder with a checksum manifest; a prepared folder that checks out is reused."""
+    from icdcoder.lm_models import LicenseNotAccepted, prepare
+
+    start = time.perf_counter()
+    try:
+        folder = prepare(name, cache, install=True, accept_license=accept_license, force=force, log=console.print)
+    except LicenseNotAccepted as e:
+        console.print(f"{name} is distributed under the [bold]{e.entry.license}[/]: {e.entry.license_url}")
+        if not (sys.stdin.isatty() and typer.confirm("Have you read these terms, and do you accept them?")):
+            raise
+        folder = prepare(name, cache, install=True, accept_license=True, force=force, log=console.print)
+    console.print(f"{name}: ready in {time.perf_counter() - start:.1f} s")
+    out.print(str(folder))
+
+
+@models_app.command("verify")
+def models_verify(name: str = typer.Argument(..., help="A named model."), cache: Optional[Path] = CacheOpt) -> None:
+    """Recompute the sha256 of every file of a prepared model against its manifest (exit 1 on a mismatch)."""
+    from icdcoder.lm_models import verify
+
+    folder, issues = verify(name, cache)
+    if issues:
+        for issue in issues:
+            console.print(f"[red]{issue}[/]")
+        console.print(f"{folder}: damaged or absent; rebuild with: icdcoder models prepare {name}")
+        raise typer.Exit(1)
+    console.print(f"{folder}: every file matches its manifest")
 
 
 # ------------------------------------------------------------------------------------------------- serve

@@ -58,6 +58,9 @@ def load_tokenizer(path: str | Path):
     is loaded as exactly that class: ``AutoTokenizer`` may swap in the model family's class and change ids."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from icdcoder.lm_models import resolve_model
+
+    path = resolve_model(path)  # a named model (smollm2-135m-instruct) -> its prepared folder
     cfg = Path(path) / "tokenizer_config.json"
     if cfg.exists() and json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class") in (
             "PreTrainedTokenizerFast", "TokenizersBackend"):
@@ -72,16 +75,23 @@ def load_tokenizer(path: str | Path):
 
 def load_causal_lm(path: str | Path, *, adapter: str | Path | None = None, merge: bool = True,
                    dtype: str | None = None, device: str | None = None):
-    """Any HF causal LM by id or local path, with an optional peft LoRA adapter (merged by default)."""
+    """Any HF causal LM by id, local path or registered name (:mod:`icdcoder.lm_models`), with an
+    optional peft LoRA adapter (merged by default)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    adapter_cfg = Path(path) / "adapter_config.json"
+    from icdcoder.lm_models import is_registered, resolve_model
+
+    folder = resolve_model(path)  # a named model (smollm2-135m-instruct) -> its prepared folder
+    adapter_cfg = Path(folder) / "adapter_config.json"
     if adapter is None and adapter_cfg.exists():  # a saved LoRA adapter (lora.merge: false): load its base
         adapter, path = path, json.loads(adapter_cfg.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        folder = resolve_model(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+    if is_registered(path):  # a LoRA adapter trained on it records the name, not this machine's cache folder
+        model.name_or_path = path
     if adapter is not None:
         from peft import PeftModel
 

@@ -121,6 +121,11 @@ class GenerativeCoder(Coder):
             self.owns_lm = True
         else:
             self.lm_path = str(self.params["model"])
+            if self.gen["backend"] != "openai":
+                from icdcoder.lm_models import is_registered, resolve_model
+
+                if is_registered(self.lm_path):  # prepared (or checked) now, so a missing package fails at fit;
+                    resolve_model(self.lm_path)  # lm_path keeps the name: loaders re-resolve it wherever the cache is
             # a tiny LM built by icdcoder (a few MB) travels with the coder; a named model stays a reference
             self.owns_lm = (Path(self.lm_path) / "tiny_lm.json").exists()
 

@@ -19,7 +19,8 @@ _DEFAULT_MAX_LORA_RANK = 16  # vLLM's default; larger adapters need ``max_lora_r
 class VLLMBackend(Backend):
     """Chat generation with ``vllm.LLM.chat``; the model's own chat template renders the prompts.
 
-    ``model`` is a hub id or a local path (vLLM loads it; icdcoder never downloads anything itself).
+    ``model`` is a hub id, a local path or a registered name (:mod:`icdcoder.lm_models`; vLLM loads
+    it; icdcoder never downloads anything itself).
     ``lora_path`` is a PEFT adapter folder: LoRA is then enabled, the adapter's rank read from its
     ``adapter_config.json`` so vLLM reserves enough room, and every request goes through the adapter.
     """
@@ -34,6 +35,9 @@ class VLLMBackend(Backend):
                 "the vLLM back-end needs the vllm package, which runs on CUDA GPUs: `pip install vllm` on a "
                 "CUDA machine, or use the transformers back-end or an OpenAI-compatible endpoint instead"
             ) from exc
+        from icdcoder.lm_models import resolve_model
+
+        model = resolve_model(model)  # a named model (smollm2-135m-instruct) -> its prepared folder
         engine_args: dict[str, Any] = dict(model=str(model), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                            tensor_parallel_size=tensor_parallel_size, seed=seed)
         if max_model_len is not None:

@@ -1,7 +1,7 @@
 """SFT and GRPO step times of a causal LM on this machine, through the project's own coders.
 
-    python bench/bench_training.py                                  # SmolLM2-135M-Instruct, ~10-15 min on 2 cores
-    python bench/bench_training.py --rounds 2                       # full / LoRA SFT twice, in alternating order
+    python bench/bench_training.py              # SmolLM2-135M-Instruct: SFT full, LoRA; GRPO LoRA, full (~9 min)
+    python bench/bench_training.py --rounds 2   # SFT full, LoRA, LoRA, full; then GRPO (~13 min on 2 cores)
 
 Each run fits an ``llm_sft`` coder (or, for GRPO, an ``llm_grpo`` coder with ``init_from`` the SFT coder
 the last SFT run saved, so only its GRPO stage runs) on synthetic training notes, with the study's

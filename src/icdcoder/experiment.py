@@ -311,13 +311,10 @@ def cv_threshold(cls: Any, params: dict[str, Any], notes: list, folds: int, seed
     """The threshold tuned on out-of-fold predictions: ``folds`` coders, each fitted on the other folds'
     notes, predict the held-out ones; the pooled predictions are tuned like a val split. Used when val
     is trained on, so the threshold is never tuned on notes the scoring model saw."""
-    import numpy as np
-
+    from icdcoder.data.splits import kfold_of
     from icdcoder.evaluation import tune_thresholds
 
-    order = np.random.default_rng(seed).permutation(len(notes))
-    fold_of = np.empty(len(notes), dtype=int)
-    fold_of[order] = np.arange(len(notes)) % folds
+    fold_of = kfold_of(len(notes), folds, seed)
     gold, preds = [], []
     for k in range(folds):
         inside = [n for n, f in zip(notes, fold_of) if f != k]

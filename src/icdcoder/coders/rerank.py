@@ -45,6 +45,7 @@ from icdcoder.coders.base import Coder, register
 from icdcoder.coders.overlap import OverlapIndex
 from icdcoder.coders.rerank_features import CATEGORICAL, FEATURES, Sources, candidate_features
 from icdcoder.data.note import Note
+from icdcoder.data.splits import kfold_of
 from icdcoder.prediction import Evidence, Prediction
 from icdcoder.text.normalize import tokenize
 
@@ -60,14 +61,6 @@ DEFAULT_TFIDF = {"word_ngrams": [1, 2], "classifier": "svm", "C": 1.0, "top_k": 
 DEFAULT_LGBM = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 50,
                 "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0,
                 "verbose": -1}
-
-
-def _group_folds(n: int, k: int, seed: int) -> np.ndarray:
-    """Fold number of each of ``n`` notes: shuffled, as even as possible."""
-    rng = np.random.default_rng(seed)
-    folds = np.arange(n) % k
-    rng.shuffle(folds)
-    return folds
 
 
 PARALLEL_MIN = 32  # notes per process before predict forks workers
@@ -151,7 +144,7 @@ class RerankCoder(Coder):
         t0 = time.perf_counter()
         self._remember_labels(train)
         overlap = self._overlap()
-        folds = _group_folds(len(train), p["folds"], p["seed"])
+        folds = kfold_of(len(train), p["folds"], p["seed"])
         parts_X, parts_y, parts_note, parts_codes = [], [], [], []
         for k in track(range(p["folds"]), "rerank cross-fitting", total=p["folds"], unit="fold"):
             held = [i for i in range(len(train)) if folds[i] == k]

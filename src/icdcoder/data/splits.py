@@ -143,3 +143,11 @@ def split_records(records: Iterable[SplitRecord], method: Method, ratios: Sequen
     if method == "time":
         return time_split(records, ratios, names=names)
     raise ValueError(f"unknown split method {method!r}; expected 'stratified' or 'time'")
+
+
+def kfold_of(n: int, k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each of ``n`` items: shuffled, as even as possible (cross-fitting and
+    cross-validated thresholds share it)."""
+    folds = np.arange(n) % k
+    np.random.default_rng(seed).shuffle(folds)
+    return folds

@@ -1,7 +1,9 @@
 """SFT and GRPO step times of a causal LM on this machine, through the project's own coders.
 
-    python bench/bench_training.py              # SmolLM2-135M-Instruct: SFT full, LoRA; GRPO LoRA, full (~9 min)
-    python bench/bench_training.py --rounds 2   # SFT full, LoRA, LoRA, full; then GRPO (~13 min on 2 cores)
+    python bench/bench_training.py              # SmolLM2-135M-Instruct: SFT full, LoRA, top8, top8-uncompacted;
+                                                # GRPO LoRA, full, top8
+    python bench/bench_training.py --rounds 2   # the SFT runs twice, the second time in reverse order
+    python bench/bench_training.py --sft full,top8 --grpo top8
 
 Each run fits an ``llm_sft`` coder (or, for GRPO, an ``llm_grpo`` coder with ``init_from`` the SFT coder
 the last SFT run saved, so only its GRPO stage runs) on synthetic training notes, with the study's
@@ -14,8 +16,12 @@ is on the answer only; prompt and completions for GRPO). For GRPO, "rollout" is 
 ``GRPOTrainer._generate_and_score_completions`` (sampling the completions and scoring them); the rest
 of a step is the policy update.
 
-SFT runs alternate full fine-tuning and LoRA (``--rounds 2`` repeats them in the other order), so a
-change of machine load hits both. Other processes' CPU use is measured for every run (from
+Modes: ``full`` (every weight), ``lora`` (LoRA r 16 on every linear layer), ``top8`` (``train_layers: 8``:
+only the last 8 decoder layers and the final norm train, the rest is frozen so backpropagation stops
+there), and ``top8-uncompacted`` (the same, with TRL's fused LM head scoring every position on CPU as it
+does without Triton: what :func:`icdcoder.training.trl_common.compact_lm_head_on_cpu` saves). With
+``--rounds 2`` the SFT runs repeat in the reverse order, so a change of machine load hits all of them.
+Other processes' CPU use is measured for every run (from
 /proc/stat): on a busy machine the numbers are not comparable between runs.
 
 Generation throughput (batched vs one note at a time) is ``bench/bench_generation.py``.
@@ -24,6 +30,7 @@ Generation throughput (batched vs one note at a time) is ``bench/bench_generatio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -95,6 +102,20 @@ def _instrument() -> None:
     trl_common._install_progress = install
 
 
+@contextlib.contextmanager
+def _uncompacted(on: bool):
+    """While ``on``: TRL's fused LM head as TRL runs it on CPU (every position scored)."""
+    from icdcoder.training import trl_common
+
+    original = trl_common.compact_lm_head_on_cpu
+    if on:
+        trl_common.compact_lm_head_on_cpu = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        trl_common.compact_lm_head_on_cpu = original
+
+
 def _run(kind: str, label: str, params: dict, notes, warmup: int, work: Path, save_to: Path | None = None) -> dict:
     global _TIMER
     from icdcoder.coders.base import coder_class
@@ -151,8 +172,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each run")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lora-alpha", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=1, help="SFT full/LoRA rounds (alternating order)")
-    ap.add_argument("--grpo", default="lora,full", help="GRPO runs: comma-separated from lora, full ('' for none)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the SFT runs (alternating order)")
+    ap.add_argument("--sft", default="full,lora,top8,top8-uncompacted", help="SFT runs: comma-separated modes")
+    ap.add_argument("--grpo", default="lora,full,top8", help="GRPO runs: comma-separated modes ('' for none)")
     ap.add_argument("--grpo-prompts", type=int, default=1, help="GRPO prompts per step")
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-completion-length", type=int, default=32)
@@ -171,20 +193,22 @@ def main() -> None:
     prompt = {"max_note_tokens": args.note_tokens}
     common = dict(max_steps=steps, logging_steps=1, save_steps=10_000, lr=1e-5)
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "target_modules": "all-linear"}
-    sft_modes = {"full": {"lora": {"r": 0}}, "lora": {"lora": lora}}
+    sft_modes = {"full": {"lora": {"r": 0}}, "lora": {"lora": lora}, "top8": {"train_layers": 8},
+                 "top8-uncompacted": {"train_layers": 8}}
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     sft_notes = train[: args.batch_size * steps]
     rows_sft, rows_grpo = [], []
     sft_coder = work / "sft-coder"
     try:
-        order = ["full", "lora"]
+        order = [m.strip() for m in args.sft.split(",") if m.strip()]
         for rnd in range(args.rounds):
             for mode in order if rnd % 2 == 0 else order[::-1]:
                 last = rnd == args.rounds - 1 and mode == (order if rnd % 2 == 0 else order[::-1])[-1]
                 sft = {**common, "batch_size": args.batch_size, **sft_modes[mode]}
-                rows_sft.append(_run("llm_sft", f"sft {mode}" + (f" #{rnd + 1}" if args.rounds > 1 else ""),
-                                     {"model": args.lm, "prompt": prompt, "sft": sft}, sft_notes, args.warmup,
-                                     work, save_to=sft_coder if last and args.grpo else None))
+                with _uncompacted(mode.endswith("uncompacted")):
+                    rows_sft.append(_run("llm_sft", f"sft {mode}" + (f" #{rnd + 1}" if args.rounds > 1 else ""),
+                                         {"model": args.lm, "prompt": prompt, "sft": sft}, sft_notes, args.warmup,
+                                         work, save_to=sft_coder if last and args.grpo else None))
         grpo_modes = [g.strip() for g in args.grpo.split(",") if g.strip()]
         batch = args.grpo_prompts * args.num_generations
         grpo_notes = train[len(sft_notes): len(sft_notes) + args.grpo_prompts * steps]
@@ -192,9 +216,10 @@ def main() -> None:
             grpo = {**common, "batch_size": batch, "num_generations": args.num_generations,
                     "max_completion_length": args.max_completion_length, "temperature": 1.0, "beta": 0.0,
                     "rewards": {"f1": 1.0}, **sft_modes[mode]}
-            rows_grpo.append(_run("llm_grpo", f"grpo {mode}", {"model": args.lm, "init_from": str(sft_coder),
-                                                               "prompt": prompt, "grpo": grpo},
-                                  grpo_notes, args.warmup, work))
+            with _uncompacted(mode.endswith("uncompacted")):
+                rows_grpo.append(_run("llm_grpo", f"grpo {mode}", {"model": args.lm, "init_from": str(sft_coder),
+                                                                   "prompt": prompt, "grpo": grpo},
+                                      grpo_notes, args.warmup, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - wall0
@@ -206,7 +231,8 @@ def main() -> None:
           f"completion = the gold answer; batch_size {args.batch_size}, grad_accum 1, max_length 2048, "
           f"completion_only_loss, optimizer {rows_sft[0]['optim'] if rows_sft else '?'} lr 1e-5 cosine, {args.warmup} warm-up + {args.steps} timed steps per run; "
           f"full = all weights (lora.r 0), LoRA = r {args.lora_r}, alpha {args.lora_alpha}, dropout 0.05, "
-          f"target_modules all-linear (merged after training, not timed).")
+          f"target_modules all-linear (merged after training, not timed); top8 = train_layers 8 (the last 8 decoder "
+          f"layers and the final norm); -uncompacted = TRL's fused LM head over every position (TRL's CPU default).")
     print()
     head = ("| run | trainable params | steps timed (+warm-up) | s/step | min-max | tokens/step | tokens/s | "
             "warm-up s | stage s | other procs (cores) | load avg after |")

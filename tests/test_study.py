@@ -21,13 +21,36 @@ def test_shipped_study_configs_validate(path):
     assert all(r.coder in BUILTIN for r in cfg.runs)
 
 
-@pytest.mark.parametrize("path", [DEMO, *REAL], ids=lambda p: p.name)
+SMOLLM2 = [DEMO, *sorted((REPO / "configs").glob("study-smollm2-*.yaml"))]
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
 def test_full_studies_run_every_stage_in_order(path):
     cfg = StudyConfig.from_yaml(path)
     names = [r.name for r in cfg.runs]
     assert names[:6] == ["tfidf", "plm_icd", "prompt", "sft", "grpo", "phi"]
     by_name = {r.name: r for r in cfg.runs}
     assert by_name["grpo"].params["init_from"] == "sft" and by_name["phi"].params["init_from"] == "grpo"
+
+
+@pytest.mark.parametrize("path", [p for p in SMOLLM2 if "pilot" not in p.name], ids=lambda p: p.name)
+def test_smollm2_studies_run_every_generative_stage_on_smollm2_against_tfidf(path):
+    """The demo and the CPU studies: TF-IDF first, then the chain on SmolLM2 with candidate lists from an
+    earlier run, and the code-centric twin of SFT."""
+    cfg = StudyConfig.from_yaml(path)
+    by_name = {r.name: r for r in cfg.runs}
+    assert cfg.runs[0].name == "tfidf"
+    chain = [r.name for r in cfg.runs if r.coder.startswith("llm_")]
+    assert chain == ["prompt", "sft", "grpo", "phi", "sft_cc"]
+    assert by_name["grpo"].params["init_from"] == "sft" and by_name["phi"].params["init_from"] == "grpo"
+    earlier = [r.name for r in cfg.runs if not r.coder.startswith("llm_")]
+    for name in chain:
+        params = by_name[name].params
+        assert params["model"] == "smollm2-135m-instruct"
+        assert params["prompt"]["candidates_from"] in earlier
+        for stage in ("sft", "grpo"):
+            if stage in params:
+                assert params[stage].get("train_layers", 0) > 0
 
 
 def test_demo_has_the_code_centric_row_beside_its_document_only_twin():
@@ -71,6 +94,23 @@ def test_init_from_must_name_an_earlier_run(tmp_path):
                           {"name": "sft", "coder": "llm_sft"}])
     with pytest.raises(DataError, match="init_from 'sft' names no earlier run"):
         StudyConfig.from_yaml(p)
+
+
+def test_candidates_from_a_run_name_becomes_its_model_folder(tmp_path):
+    from icdcoder.study import _resolve_refs
+
+    p = _write(tmp_path, [{"name": "sft", "coder": "llm_sft",
+                           "params": {"prompt": {"candidates": 5, "candidates_from": "tfidf"}}},
+                          {"name": "tfidf", "coder": "tfidf"}])
+    with pytest.raises(DataError, match="prompt.candidates_from 'tfidf' names no earlier run"):
+        StudyConfig.from_yaml(p)
+    params = {"init_from": "sft", "prompt": {"candidates": 5, "candidates_from": "tfidf"}}
+    out = _resolve_refs(params, tmp_path)
+    assert out["prompt"] == {"candidates": 5, "candidates_from": str((tmp_path / "tfidf" / "model").resolve())}
+    assert out["init_from"] == str((tmp_path / "sft" / "model").resolve())
+    assert params["prompt"]["candidates_from"] == "tfidf"  # the config itself is left as written
+    assert _resolve_refs({"prompt": {"candidates_from": "runs/x/model"}}, tmp_path)["prompt"]["candidates_from"] \
+        == "runs/x/model"
 
 
 def test_duplicate_run_names_are_refused(tmp_path):

@@ -28,6 +28,7 @@ Only the standard library is imported here; rich is imported when a bar is drawn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -276,3 +277,31 @@ def track(iterable: Iterable[T], desc: str, total: int | None = None, **kw: Any)
         for item in iterable:
             yield item
             p.update()
+
+
+@contextlib.contextmanager
+def hf_bars_off_terminal():
+    """Off a terminal (or with ``ICDCODER_PROGRESS=off``), datasets' and transformers' own tqdm bars
+    (dataset preparation, checkpoint writing) are switched off while a stage is built and trained: in a
+    log file each is a run of ``\\r`` updates. Restored afterwards; on a terminal nothing changes."""
+    if progress_mode() == "bar":
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    try:  # datasets comes with the training extra; loading a model for prediction does not need it
+        import datasets
+    except ImportError:
+        datasets = None
+    tf_on = hf_logging.is_progress_bar_enabled()
+    ds_on = datasets is not None and not datasets.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if ds_on:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if tf_on:
+            hf_logging.enable_progress_bar()
+        if ds_on:
+            datasets.enable_progress_bars()

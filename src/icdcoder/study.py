@@ -15,6 +15,7 @@ spurious code counts, training time and prediction speed. A config::
       - {name: tfidf, coder: tfidf, params: {...}}
       - {name: sft, coder: llm_sft, params: {...}}
       - {name: grpo, coder: llm_grpo, params: {init_from: sft, ...}}   # a run name above -> its model
+      - {name: p, coder: llm_prompt, params: {prompt: {candidates: 10, candidates_from: tfidf}}}  # likewise
       - {name: sft_cc, coder: llm_sft, code_centric: {span_ratio: 0.3}, compare_to: sft, params: {...}}
 
 Each run is an ordinary experiment folder (``OUT/<name>/``: model, predictions, metrics, run.json),
@@ -68,9 +69,9 @@ class StudyConfig(BaseModel):
         for r in self.runs:
             if r.name in seen:
                 raise ValueError(f"run name {r.name!r} appears twice")
-            init = r.params.get("init_from")
-            if isinstance(init, str) and "/" not in init and init not in seen:
-                raise ValueError(f"run {r.name!r}: init_from {init!r} names no earlier run")
+            for key, ref in _run_refs(r.params):
+                if "/" not in ref and ref not in seen:
+                    raise ValueError(f"run {r.name!r}: {key} {ref!r} names no earlier run")
             if r.compare_to is not None and r.compare_to not in seen:
                 raise ValueError(f"run {r.name!r}: compare_to {r.compare_to!r} names no earlier run")
             seen.add(r.name)
@@ -79,6 +80,28 @@ class StudyConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "StudyConfig":
         return load_yaml_config(cls, path)
+
+
+def _run_refs(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """The parameters that may name an earlier run's model: ``init_from`` and ``prompt.candidates_from``."""
+    prompt = params.get("prompt")
+    refs = [("init_from", params.get("init_from")),
+            ("prompt.candidates_from", prompt.get("candidates_from") if isinstance(prompt, dict) else None)]
+    return [(k, v) for k, v in refs if isinstance(v, str)]
+
+
+def _resolve_refs(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A run name in ``init_from`` / ``prompt.candidates_from`` becomes that run's model folder."""
+    params = dict(params)
+    for key, ref in _run_refs(params):
+        if "/" in ref:
+            continue
+        folder = str((out / ref / "model").resolve())
+        if key == "init_from":
+            params["init_from"] = folder
+        else:
+            params["prompt"] = {**params["prompt"], "candidates_from": folder}
+    return params
 
 
 def _shared_tiny_lm(cfg: StudyConfig, data_dir: Path, out: Path, log: Callable[[str], None]) -> Path | None:
@@ -145,10 +168,7 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
     for r in cfg.runs:
         if only and r.name not in only:
             continue
-        params = dict(r.params)
-        init = params.get("init_from")
-        if isinstance(init, str) and "/" not in init:
-            params["init_from"] = str((out / init / "model").resolve())
+        params = _resolve_refs(r.params, out)
         if r.coder in GENERATIVE and tiny is not None and params.get("model", "tiny") == "tiny":
             params["model"] = str(tiny.resolve())
         exp = ExperimentConfig(name=r.name, seed=cfg.seed, data={"path": str(data_dir)},

@@ -239,11 +239,14 @@ class PlmIcdCoder(Coder):
             raise IcdcoderError(f"plm_icd needs a fast tokenizer (offset mappings); {source} has none")
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # an unused pooler is expected, not worth a report
+        from icdcoder.progress import hf_bars_off_terminal
+
         try:
-            try:
-                enc = AutoModel.from_pretrained(str(source), add_pooling_layer=False)
-            except TypeError:
-                enc = AutoModel.from_pretrained(str(source))
+            with hf_bars_off_terminal():  # the "Loading weights" bar is a run of \r updates in a log
+                try:
+                    enc = AutoModel.from_pretrained(str(source), add_pooling_layer=False)
+                except TypeError:
+                    enc = AutoModel.from_pretrained(str(source))
         finally:
             transformers.logging.set_verbosity(verbosity)
         torch.manual_seed(self.params["seed"])

@@ -27,6 +27,9 @@ class Span(BaseModel):
         return self
 
 
+SPAN_ID_PREFIX = "span:"  # the id prefix of span -> code examples made into notes (training.mixing)
+
+
 class Note(BaseModel):
     """One clinical note and its gold codes.
 
@@ -155,3 +158,8 @@ class Dataset:
     def label_space(self) -> list[str]:
         """Every code of every split, sorted: the default label space of evaluation."""
         return sorted({c for notes in self.splits.values() for n in notes for c in n.codes})
+
+
+def is_span_note(note: Note) -> bool:
+    """A span -> code training example (code-centric mixing), not a document."""
+    return note.id.startswith(SPAN_ID_PREFIX)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, hf_bars_off_terminal, train
+from icdcoder.progress import hf_bars_off_terminal
+from icdcoder.training.trl_common import TrainSettings, base_args, prepare_weights, train
 
 
 @dataclass
@@ -44,8 +45,10 @@ def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSet
         temperature=settings.temperature, top_p=settings.top_p, beta=settings.beta,
         reward_weights=list(reward_weights), generation_batch_size=settings.batch_size,
     ).items() if k not in settings.trainer_args})
+    weights = prepare_weights(model, settings)
     with hf_bars_off_terminal():
         trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=GRPOConfig(**args),
                               train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
                               peft_config=settings.lora.peft_config())
-        return train(trainer, settings, output_dir, len(rows), desc=desc)
+        model, info = train(trainer, settings, output_dir, len(rows), desc=desc)
+    return model, {**info, **weights}

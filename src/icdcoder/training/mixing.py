@@ -36,11 +36,9 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from icdcoder.codes import CodeSystem, infer_system, normalize_code
-from icdcoder.data.note import Dataset, Note, Span
+from icdcoder.data.note import SPAN_ID_PREFIX, Dataset, Note, Span, is_span_note  # noqa: F401 (re-exported)
 from icdcoder.errors import ConfigError, DataError
 from icdcoder.training.spans import (SpanExample, coverage, expansion_spans, gold_spans, ontology_spans, read_spans)
-
-SPAN_ID_PREFIX = "span:"
 
 
 class ExpandConfig(BaseModel):
@@ -84,10 +82,6 @@ def span_note(example: SpanExample, k: int) -> Note:
                 code_systems={example.code: example.system},
                 spans=[Span(code=example.code, start=0, end=len(example.text))],
                 metadata={"span_source": example.source})
-
-
-def is_span_note(note: Note) -> bool:
-    return note.id.startswith(SPAN_ID_PREFIX)
 
 
 def draw_round_robin(spans: Sequence[SpanExample], n: int, seed: int = 13,

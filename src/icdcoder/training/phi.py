@@ -1,8 +1,8 @@
 """The PHI curriculum: extra GRPO rounds on the training notes where the model still misses gold codes.
 
-Per round: run the model hint-free over the training notes, collect per note the gold codes it
-missed, weight each code by ``(1/sqrt(freq)) * (1/max(recall, 0.05))`` capped at 3x the median weight,
-and build one GRPO epoch over the notes that still miss codes. With probability ``hint_prob`` a
+Per round: run the model hint-free over the training notes (or a sample of ``scan_notes``), collect
+per note the gold codes it missed, weight each code by ``(1/sqrt(freq)) * (1/max(recall, 0.05))``
+capped at 3x the median weight, and build one GRPO epoch over the notes that still miss codes. With probability ``hint_prob`` a
 note's prompt carries a training hint naming 1-5 of its missed codes (drawn without replacement
 with probability proportional to ``weight ** (1/3)``, with descriptions); the reward stays F1 against
 the full gold set, and evaluation never sees hints.
@@ -28,6 +28,8 @@ class PhiSettings:
     cap: float = 3.0                 # weights capped at cap x the median
     power: float = 1 / 3             # hint codes drawn with probability ~ weight ** power
     max_notes_per_round: int | None = None  # cap the pool (the most-missing notes first) to bound a round
+    scan_notes: int | None = None    # run the model over this many training notes per round (a seeded sample;
+    #                                  None: all): the scan is generation over notes, the round's main cost on CPU
 
 
 def missed_codes(gold: Mapping[str, Sequence[str]], predicted: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

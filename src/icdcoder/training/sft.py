@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from icdcoder.training.trl_common import TrainSettings, base_args, hf_bars_off_terminal, train
+from icdcoder.progress import hf_bars_off_terminal
+from icdcoder.training.trl_common import TrainSettings, base_args, prepare_weights, train
 
 
 def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSettings, output_dir: str | Path, *,
@@ -23,7 +24,9 @@ def run_sft(model, tokenizer, rows: Sequence[dict[str, Any]], settings: TrainSet
     args = base_args(settings, output_dir, seed)
     args.setdefault("max_length", max_length)
     args.setdefault("completion_only_loss", True)
+    weights = prepare_weights(model, settings)
     with hf_bars_off_terminal():
         trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(list(rows)),
                              processing_class=tokenizer, peft_config=settings.lora.peft_config())
-        return train(trainer, settings, output_dir, len(rows), desc=desc)
+        model, info = train(trainer, settings, output_dir, len(rows), desc=desc)
+    return model, {**info, **weights}

@@ -26,6 +26,7 @@ from icdcoder.coders.generative.coder import GenerativeCoder
 from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import write_json
+from icdcoder.progress import hf_bars_off_terminal
 from icdcoder.training import rewards as R
 from icdcoder.training.grpo import GRPOSettings, run_grpo
 from icdcoder.training.phi import PhiSettings, build_round, code_recall, code_weights, missed_codes
@@ -82,6 +83,7 @@ class _Staged(GenerativeCoder):
     """Runs stages in order, skipping those with a finished model under ``checkpoint_dir``."""
 
     stages: tuple[str, ...] = ()
+    trains_lm = True
 
     def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "_Staged":
         self._prepare(train)
@@ -97,7 +99,8 @@ class _Staged(GenerativeCoder):
             start = time.perf_counter()
             info = getattr(self, f"_{stage}")(train, self._work_dir() / stage)
             model, tok = self.lm()
-            model.save_pretrained(final)
+            with hf_bars_off_terminal():
+                model.save_pretrained(final)
             tok.save_pretrained(final)
             self.lm_path, self.owns_lm = str(final), True
             self.history.append({"stage": stage, "seconds": round(time.perf_counter() - start, 2), **info})
@@ -106,7 +109,9 @@ class _Staged(GenerativeCoder):
 
     def _sft(self, train: Sequence[Note], out: Path) -> dict[str, Any]:
         settings = TrainSettings.from_dict(self.params.get("sft"))
-        rows = [{"prompt": self.messages(n), "completion": self.answer(n)} for n in train]
+        # training prompts never show a note its own codes: few-shot examples and retrieved candidates leave the
+        # note out, and candidates_from gives its out-of-fold ranking (as for a new note at prediction)
+        rows = [{"prompt": self.messages(n, exclude_self=True), "completion": self.answer(n)} for n in train]
         model, tok = self.lm()
         self._log(f"SFT on {len(rows):,} notes")
         model, info = run_sft(model.train(), tok, rows, settings, out, seed=self.seed)
@@ -115,7 +120,7 @@ class _Staged(GenerativeCoder):
 
     def _grpo_rows(self, notes: Sequence[Note], hints: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         hints = hints or {}
-        return [{"prompt": self.messages(n, hint=hints.get(n.id, ())), "gold_codes": list(n.codes),
+        return [{"prompt": self.messages(n, hint=hints.get(n.id, ()), exclude_self=True), "gold_codes": list(n.codes),
                  "note_text": n.text} for n in notes]
 
     def _grpo_settings(self, extra: dict | None = None) -> GRPOSettings:
@@ -143,18 +148,22 @@ class _Staged(GenerativeCoder):
         grpo_over = phi.pop("grpo", {})
         settings = PhiSettings(**phi)
         by_id = {n.id: n for n in train}
-        gold = {n.id: list(n.codes) for n in train}
         rng = random.Random(self.seed)
         rounds = []
         for r in range(1, settings.rounds + 1):
-            sets, _ = self.generate_sets(train, exclude_self=True)  # hint-free, greedy
-            predicted = {n.id: s[0] for n, s in zip(train, sets)}
+            scan = list(train)
+            if settings.scan_notes is not None and settings.scan_notes < len(scan):
+                scan = rng.sample(scan, int(settings.scan_notes))
+            sets, _ = self.generate_sets(scan, exclude_self=True)  # hint-free, greedy
+            predicted = {n.id: s[0] for n, s in zip(scan, sets)}
+            gold = {n.id: list(n.codes) for n in scan}
             missed = missed_codes(gold, predicted)
             recall = code_recall(gold, predicted)
             weights = code_weights(self.label_space, recall, floor=settings.recall_floor, cap=settings.cap)
             pool = build_round(missed, weights, rng, settings)
             n_missed = sum(len(v) for v in missed.values())
-            stat = {"round": r, "notes_missing": len(missed), "codes_missed": n_missed, "pool": len(pool),
+            stat = {"round": r, "scanned": len(scan), "notes_missing": len(missed), "codes_missed": n_missed,
+                    "pool": len(pool),
                     "hinted": sum(bool(h) for _, h in pool)}
             rounds.append(stat)
             self._log(f"PHI round {r}: {len(missed):,} notes still miss {n_missed:,} gold codes; "

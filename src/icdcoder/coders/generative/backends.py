@@ -89,7 +89,10 @@ def load_causal_lm(path: str | Path, *, adapter: str | Path | None = None, merge
         folder = resolve_model(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+    from icdcoder.progress import hf_bars_off_terminal
+
+    with hf_bars_off_terminal():  # transformers' "Loading weights" bar is a run of \r updates in a log
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     if is_registered(path):  # a LoRA adapter trained on it records the name, not this machine's cache folder
         model.name_or_path = path
     if adapter is not None:

@@ -55,6 +55,7 @@ class GenerativeCoder(Coder):
 
     scored = False
     stage_options: tuple[str, ...] = ()  # extra parameter groups a training stage accepts (sft, grpo, phi)
+    trains_lm = False  # prompts of training notes become training data (SFT, GRPO, PHI)
 
     def __init__(self, model: str = "tiny", init_from: str | None = None, tiny: dict | None = None,
                  prompt: dict | None = None, generation: dict | None = None, valid_codes: str = "ontology",
@@ -68,6 +69,8 @@ class GenerativeCoder(Coder):
         if valid_codes not in ("ontology", "label_space", "any"):
             raise IcdcoderError(f"valid_codes must be ontology, label_space or any, not {valid_codes!r}")
         self.prompt_cfg = PromptConfig(**(prompt or {}))
+        if self.prompt_cfg.candidate_order not in ("rank", "code"):
+            raise IcdcoderError(f"prompt.candidate_order must be rank or code, not {self.prompt_cfg.candidate_order!r}")
         unknown = set(evidence or {}) - set(EVIDENCE_DEFAULTS)
         if unknown:
             raise IcdcoderError(f"unknown evidence options {sorted(unknown)}; known: {sorted(EVIDENCE_DEFAULTS)}")
@@ -89,6 +92,7 @@ class GenerativeCoder(Coder):
         self._backend = None
         self._lm = None  # (model, tokenizer) in memory after training
         self._candidate_coder: Coder | None = None  # prompt.candidates_from, loaded on first use
+        self._oof_candidates: dict[str, list[str]] = {}  # training note id -> cross-fitted ranking (this fit)
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -109,6 +113,9 @@ class GenerativeCoder(Coder):
                 raise IcdcoderError(f"init_from {init} is a {parent.name} coder, not a generative one")
             self.lm_path, self.owns_lm = parent.lm_path, parent.owns_lm
             self.history = [{**h, "inherited": True} for h in parent.history]
+            if (parent.prompt_cfg.candidates_from == self.prompt_cfg.candidates_from
+                    and parent.prompt_cfg.candidates >= self.prompt_cfg.candidates):
+                self._oof_candidates = dict(parent._oof_candidates)  # the same cross-fit: reused, not refitted
         elif self.params["model"] == "tiny":
             from icdcoder.coders.generative.tiny import TinyConfig, build_tiny_lm
 
@@ -128,6 +135,40 @@ class GenerativeCoder(Coder):
                     resolve_model(self.lm_path)  # lm_path keeps the name: loaders re-resolve it wherever the cache is
             # a tiny LM built by icdcoder (a few MB) travels with the coder; a named model stays a reference
             self.owns_lm = (Path(self.lm_path) / "tiny_lm.json").exists()
+        if self.trains_lm and self.prompt_cfg.candidates and self.prompt_cfg.candidates_from:
+            self._cross_fit_candidates(train)
+
+    CANDIDATE_FOLDS = 5
+
+    def _cross_fit_candidates(self, train: Sequence[Note]) -> None:
+        """Out-of-fold candidate rankings for the training notes, when the ``candidates_from`` coder kept
+        none (a reranker keeps its own): copies of that coder with its parameters, each fitted on 4 of 5
+        folds of the training documents, rank the held-out fold. Span examples (code-centric mixing) are
+        not documents the coder saw; they get its ordinary ranking."""
+        from icdcoder.data.note import is_span_note
+        from icdcoder.data.splits import kfold_of
+
+        ranker = self._candidates_coder()
+        docs = [n for n in train if not is_span_note(n)]
+        oof = getattr(ranker, "out_of_fold", None) or {}
+        if all(n.id in oof or n.id in self._oof_candidates for n in docs) or len(docs) < self.CANDIDATE_FOLDS:
+            return
+        self._oof_candidates = {}
+        start = time.perf_counter()
+        fold_of = kfold_of(len(docs), self.CANDIDATE_FOLDS, self.seed)
+        for k in range(self.CANDIDATE_FOLDS):
+            inside = [n for n, f in zip(docs, fold_of) if f != k]
+            held = [n for n, f in zip(docs, fold_of) if f == k]
+            model = type(ranker)(**ranker.params).fit(inside, None)
+            for n, pred in zip(held, model.predict(held)):
+                self._oof_candidates[n.id] = [c.code for c in pred.codes[: self.prompt_cfg.candidates]]
+        self._log(f"candidates: out-of-fold rankings of {len(docs):,} training notes by {ranker.name} "
+                  f"({self.CANDIDATE_FOLDS} folds, {time.perf_counter() - start:.0f} s)")
+
+    def _candidates_coder(self) -> Coder:
+        if self._candidate_coder is None:
+            self._candidate_coder = Coder.load(self.prompt_cfg.candidates_from)
+        return self._candidate_coder
 
     def _work_dir(self) -> Path:
         if self.checkpoint_dir:
@@ -215,14 +256,14 @@ class GenerativeCoder(Coder):
 
     def _ranked_candidates(self, note: Note, training: bool) -> list[str]:
         """The first ``candidates`` codes of the ``candidates_from`` coder's ranking. For a training
-        note the coder's out-of-fold ranking is used when it kept one (a reranker does): a ranking
-        by a model fitted on the note would list its gold codes first, and the LM would learn to copy
-        a list that is never that good on new notes."""
+        note an out-of-fold ranking is used: the coder's own when it kept one (a reranker does), else
+        the one cross-fitted at ``fit``. A ranking by a model fitted on the note would list its gold
+        codes first, and the LM would learn to copy a list that is never that good on new notes."""
         cfg = self.prompt_cfg
-        if self._candidate_coder is None:
-            self._candidate_coder = Coder.load(cfg.candidates_from)
-        ranker = self._candidate_coder
+        ranker = self._candidates_coder()
         if training:
+            if note.id in self._oof_candidates:
+                return self._oof_candidates[note.id][: cfg.candidates]
             oof = getattr(ranker, "out_of_fold", {}) or {}
             if note.id in oof:
                 return [c for c, _ in oof[note.id]][: cfg.candidates]
@@ -336,11 +377,15 @@ class GenerativeCoder(Coder):
         if owned:  # weights built or trained here travel with the coder
             model, tok = self.lm() if self._lm is not None else (None, None)
             if model is not None:
-                model.save_pretrained(folder / "lm")
+                from icdcoder.progress import hf_bars_off_terminal
+
+                with hf_bars_off_terminal():
+                    model.save_pretrained(folder / "lm")
                 tok.save_pretrained(folder / "lm")
             else:
                 shutil.copytree(self.lm_path, folder / "lm")
-        state = {"lm": "lm" if owned else self.lm_path, "label_space": self.label_space, "history": self.history}
+        state = {"lm": "lm" if owned else self.lm_path, "label_space": self.label_space, "history": self.history,
+                 "oof_candidates": self._oof_candidates}
         write_json(folder / "generative.json", state)
         if self._pool is not None:
             with open(folder / "pool.jsonl", "w", encoding="utf-8") as fh:
@@ -353,6 +398,7 @@ class GenerativeCoder(Coder):
         self.label_space = {k: int(v) for k, v in state["label_space"].items()}
         self.history = state.get("history", [])
         self.owns_lm = state["lm"] == "lm"
+        self._oof_candidates = {k: list(v) for k, v in state.get("oof_candidates", {}).items()}
         if (folder / "pool.jsonl").exists():
             rows = list(iter_jsonl(folder / "pool.jsonl"))
             self._pool = Retriever([r["text"] for _, r in rows], [r["codes"] for _, r in rows])

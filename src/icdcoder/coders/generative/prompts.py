@@ -43,6 +43,8 @@ class PromptConfig:
     few_shot_note_tokens: int = 256   # budget of each example's note
     candidates: int = 0               # candidate codes described in the prompt (from the nearest notes)
     candidates_from: str | None = None  # ... or from this saved coder's ranking (e.g. a rerank model folder)
+    candidate_order: str = "rank"     # rank: as ranked; code: sorted like the answer, so that writing the
+    #                                   answer is one pass down the list (easier for a small LM to learn)
     instruction: str | None = None    # overrides INSTRUCTION
     evidence: bool = False            # evidence-grounded answers: each code with a quote of the note
 
@@ -70,6 +72,8 @@ def build_messages(text: str, cfg: PromptConfig, offsets: Offsets, *,
                                                                    cfg.head_fraction)})
         msgs.append({"role": "assistant", "content": format_answer(ex_codes, code_system(cfg.system))})
     parts = []
+    if candidates and cfg.candidate_order == "code":
+        candidates = sorted(candidates, key=lambda cd: cd[0])
     if candidates:
         parts.append("Candidate codes:\n" + "\n".join(f"{c} {d or ''}".rstrip() for c, d in candidates))
     if hint:

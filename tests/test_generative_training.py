@@ -7,21 +7,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from icdcoder.coders import coder_class  # noqa: E402
-from icdcoder.data.synth import SynthConfig, generate_synthetic  # noqa: E402
 from icdcoder.training import stages  # noqa: E402
 from icdcoder.training.trl_common import LoraSettings, TrainSettings, freeze_lower_layers, prepare_weights  # noqa: E402
-from tests.test_generative import GEN, PROMPT, TINY  # noqa: E402
+from tests.test_generative import GEN, PROMPT, TINY, corpus  # noqa: E402,F401  (corpus: fixture)
 
 TINY2 = {**TINY, "layers": 3}
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    torch.set_num_threads(2)
-    ds = {"train": [], "val": [], "test": []}
-    for split, note in generate_synthetic(SynthConfig(n_train=40, n_val=6, n_test=6, seed=5)):
-        ds[split].append(note)
-    return ds["train"], ds["test"]
 
 
 def _tiny_llama(layers=3):

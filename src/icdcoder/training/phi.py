@@ -2,10 +2,10 @@
 
 Per round: run the model hint-free over the training notes (or a sample of ``scan_notes``), collect
 per note the gold codes it missed, weight each code by ``(1/sqrt(freq)) * (1/max(recall, 0.05))``
-capped at 3x the median weight, and build one GRPO epoch over the notes that still miss codes. With probability ``hint_prob`` a
-note's prompt carries a training hint naming 1-5 of its missed codes (drawn without replacement
-with probability proportional to ``weight ** (1/3)``, with descriptions); the reward stays F1 against
-the full gold set, and evaluation never sees hints.
+capped at 3x the median weight, and build one GRPO epoch over the notes that still miss codes. With
+probability ``hint_prob`` a note's prompt carries a training hint naming 1-5 of its missed codes (drawn
+without replacement with probability proportional to ``weight ** (1/3)``, with descriptions); the
+reward stays F1 against the full gold set, and evaluation never sees hints.
 
 Everything here is a plain function over code sets, so it is tested without a model.
 """

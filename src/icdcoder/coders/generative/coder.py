@@ -69,8 +69,6 @@ class GenerativeCoder(Coder):
         if valid_codes not in ("ontology", "label_space", "any"):
             raise IcdcoderError(f"valid_codes must be ontology, label_space or any, not {valid_codes!r}")
         self.prompt_cfg = PromptConfig(**(prompt or {}))
-        if self.prompt_cfg.candidate_order not in ("rank", "code"):
-            raise IcdcoderError(f"prompt.candidate_order must be rank or code, not {self.prompt_cfg.candidate_order!r}")
         unknown = set(evidence or {}) - set(EVIDENCE_DEFAULTS)
         if unknown:
             raise IcdcoderError(f"unknown evidence options {sorted(unknown)}; known: {sorted(EVIDENCE_DEFAULTS)}")

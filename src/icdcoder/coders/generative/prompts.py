@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from icdcoder.coders.generative.answer import format_answer, truncate_middle
 from icdcoder.coders.generative.backends import Messages
+from icdcoder.errors import IcdcoderError
 
 SYSTEM_NAMES = {"icd10cm": "ICD-10-CM", "icd9cm": "ICD-9-CM", "icd10pcs": "ICD-10-PCS", "icd9pcs": "ICD-9-CM procedure",
                 # mixed label spaces (MIMIC-III: diagnoses and procedures): each code's system is read off its shape
@@ -47,6 +48,10 @@ class PromptConfig:
     #                                   answer is one pass down the list (easier for a small LM to learn)
     instruction: str | None = None    # overrides INSTRUCTION
     evidence: bool = False            # evidence-grounded answers: each code with a quote of the note
+
+    def __post_init__(self) -> None:
+        if self.candidate_order not in ("rank", "code"):
+            raise IcdcoderError(f"prompt.candidate_order must be rank or code, not {self.candidate_order!r}")
 
 
 def cut(text: str, budget: int, offsets: Offsets, head_fraction: float = 0.5) -> str:

@@ -76,8 +76,8 @@ def test_sft_trains_on_answers_saves_and_reloads(corpus, sft_dir):
 def test_sft_resumes_from_its_newest_checkpoint(corpus, tmp_path):
     train, _ = corpus
     ck = tmp_path / "ck"
-    first = coder_class("llm_sft")(tiny=TINY, prompt=PROMPT, generation=GEN, sft={**SFT, "max_steps": 2},
-                                   checkpoint_dir=str(ck))
+    first = coder_class("llm_sft")(tiny=TINY, prompt=PROMPT, generation=GEN,
+                                   sft={**SFT, "max_steps": 2, "keep_checkpoints": True}, checkpoint_dir=str(ck))
     first.fit(train)
     assert (ck / "sft" / "checkpoint-2").is_dir()
     shutil.rmtree(ck / "sft" / "final")  # as if the run died after its last checkpoint
@@ -85,6 +85,8 @@ def test_sft_resumes_from_its_newest_checkpoint(corpus, tmp_path):
     again.fit(train)
     sft = [h for h in again.history if h["stage"] == "sft"][0]
     assert sft["resumed_from"].endswith("checkpoint-2") and sft["global_step"] == 4
+    # finished, it deletes its checkpoints (weights and optimizer state): only the final model is kept
+    assert not list((ck / "sft").glob("checkpoint-*")) and (ck / "sft" / "final" / "stage.json").exists()
     # a finished stage is reused, not trained again
     third = coder_class("llm_sft")(tiny=TINY, prompt=PROMPT, generation=GEN, sft=SFT, checkpoint_dir=str(ck))
     third.fit(train)
@@ -104,6 +106,7 @@ def test_grpo_from_sft_logs_rewards(corpus, sft_dir, tmp_path):
     rewards = [h for h in grpo["log"] if "rewards/f1_reward/mean" in h]
     assert rewards and all(0.0 <= h["rewards/f1_reward/mean"] <= 1.0 for h in rewards)
     assert all(-1.0 <= h["rewards/rule_penalty/mean"] <= 0.0 for h in rewards)  # the rule engine as a term
+    assert not list((tmp_path / "ck").rglob("checkpoint-*"))  # pruned once the stage finished
     assert len(coder.predict(test)) == len(test)
 
 

@@ -3,7 +3,8 @@
 Each stage starts from ``init_from`` (the previous stage's saved coder) when given, and otherwise
 runs the earlier stages itself first, so one config can train the whole chain. Every stage writes
 a ``final`` model under ``checkpoint_dir/<stage>`` when it finishes: re-running after a crash skips
-finished stages and resumes an unfinished one from its newest TRL checkpoint.
+finished stages and resumes an unfinished one from its newest TRL checkpoint. A finished stage deletes
+its checkpoints (weights plus optimizer state) unless its settings say ``keep_checkpoints: true``.
 
 Parameters on top of :class:`~icdcoder.coders.generative.coder.GenerativeCoder`'s::
 
@@ -31,7 +32,7 @@ from icdcoder.training import rewards as R
 from icdcoder.training.grpo import GRPOSettings, run_grpo
 from icdcoder.training.phi import PhiSettings, build_round, code_recall, code_weights, missed_codes
 from icdcoder.training.sft import run_sft
-from icdcoder.training.trl_common import TrainSettings
+from icdcoder.training.trl_common import TrainSettings, prune_checkpoints
 
 
 def reward_functions(spec: dict[str, float], coder: GenerativeCoder) -> tuple[list[Callable], list[float]]:
@@ -105,7 +106,15 @@ class _Staged(GenerativeCoder):
             self.lm_path, self.owns_lm = str(final), True
             self.history.append({"stage": stage, "seconds": round(time.perf_counter() - start, 2), **info})
             write_json(record, self.history[-1])
+            if not self._settings_of(stage).keep_checkpoints:
+                prune_checkpoints(self._work_dir() / stage)
         return self
+
+    def _settings_of(self, stage: str) -> TrainSettings:
+        """The training settings a stage runs under (PHI's rounds are GRPO runs, with ``phi.grpo`` on top)."""
+        if stage == "sft":
+            return TrainSettings.from_dict(self.params.get("sft"))
+        return self._grpo_settings((self.params.get("phi") or {}).get("grpo") if stage == "phi" else None)
 
     def _sft(self, train: Sequence[Note], out: Path) -> dict[str, Any]:
         settings = TrainSettings.from_dict(self.params.get("sft"))

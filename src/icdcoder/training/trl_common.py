@@ -51,6 +51,7 @@ class TrainSettings:
     save_steps: int = 50
     logging_steps: int = 10
     train_layers: int = 0  # > 0: train only the last N decoder layers (and the final norm); 0: all weights
+    keep_checkpoints: bool = False  # False: a finished stage deletes its checkpoint-N folders (weights + optimizer)
     lora: LoraSettings = field(default_factory=LoraSettings)
     trainer_args: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +123,19 @@ def base_args(s: TrainSettings, output_dir: str | Path, seed: int) -> dict[str, 
     )
     args.update(s.trainer_args)
     return args
+
+
+def prune_checkpoints(stage_dir: str | Path) -> int:
+    """Delete the ``checkpoint-N`` folders under a finished stage's folder and return how many.
+
+    They exist to resume an interrupted run; once the stage's final model is written they are dead weight
+    (a full checkpoint is the weights plus twice their size in AdamW state: 1.5 GB for SmolLM2-135M)."""
+    import shutil
+
+    found = [d for d in Path(stage_dir).rglob("checkpoint-*") if d.is_dir() and d.name.split("-", 1)[1].isdigit()]
+    for d in found:
+        shutil.rmtree(d)
+    return len(found)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:

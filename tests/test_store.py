@@ -85,7 +85,8 @@ def test_interrupted_write_leaves_nothing_and_keeps_old(tmp_path):
     with pytest.raises(RuntimeError):
         write_dataset(failing(), out, name="new", source="test")
     assert (out / "train.jsonl").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no staging folder left behind
+    # no staging folder left behind; the writer's lock file stays (deleting it would race its waiters)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.write.lock", "ds"]
 
 
 def test_refuses_to_replace_a_foreign_folder_and_duplicate_ids(tmp_path):

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from icdcoder.coders import Coder
 from icdcoder.coders.tfidf import TfidfCoder
@@ -67,10 +69,58 @@ def test_svm_scores_are_calibrated_probabilities():
 def test_constant_codes_and_errors():
     notes = [Note.build(f"n{i}", f"same text {i}", [("I10", "icd10cm")]) for i in range(3)]
     coder = TfidfCoder(word_ngrams=(1, 1)).fit(notes)  # one code present everywhere: constant score
-    assert coder.predict(notes[:1])[0].codes[0].score > 0.99
+    X = coder._features([notes[0].text])
+    assert coder._probabilities(coder._margins(X))[0, 0] > 0.99 and coder.W.nnz == 0
+    assert coder.predict(notes[:1])[0].codes == []  # no word raises it: its prior alone suggests nothing
     with pytest.raises(ValueError, match="empty"):
         TfidfCoder().fit([])
     with pytest.raises(ValueError, match="classifier"):
         TfidfCoder(classifier="forest")
     with pytest.raises(RuntimeError, match="not fitted"):
         TfidfCoder().predict(notes)
+
+
+# characters whose lower-case form is longer (İ), or that other case mappings expand (ß, ﬁ), combining
+# marks, and emoji (one code point, or several joined): none may move a span off its word
+AWKWARD = ["İstanbul İİ", "Straße ß", "ﬁle ﬃ", "cafe\u0301 n\u0303o",
+           "\U0001F600 \U0001F1EB\U0001F1F7 \U0001F469\u200d\u2695\ufe0f", "İ ß ﬁ e\u0301 \U0001F600"]
+
+
+@pytest.mark.parametrize("before", AWKWARD)
+def test_evidence_offsets_refer_to_the_original_text(fitted, before):
+    coder, _ = fitted
+    text = f"{before} patient admitted {before} with HYPERTENSION and {before} pneumonia, {before}"
+    pred = coder.predict([Note(id="n", text=text)])[0]
+    found = {c.code: c.evidence for c in pred.codes if c.score >= coder.threshold}
+    assert {"I10", "J18.9"} <= set(found)
+    for code, word in (("I10", "HYPERTENSION"), ("J18.9", "pneumonia")):
+        ev = found[code][0]
+        assert text[ev.start:ev.end] == ev.text == word
+
+
+TERMS = {t for words in WORDS.values() for t in words.split()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(before=st.text(), after=st.text())
+@example(before="İ", after="")
+def test_every_evidence_span_is_a_word_of_the_note(fitted, before, after):
+    coder, _ = fitted
+    text = f"{before} hypertension {after}"
+    for c in coder.predict([Note(id="n", text=text)])[0].codes:
+        for ev in c.evidence:
+            assert text[ev.start:ev.end] == ev.text and ev.text.lower() in TERMS
+
+
+UNREADABLE = ["12345", "Lorem ipsum dolor sit amet", "\U0001F600\U0001F44D",
+              "Paciente con dolor torácico y fiebre desde ayer"]
+
+
+def test_a_note_without_a_known_word_gets_no_codes(tiny_model_dir, small_synth):
+    """The frequent codes' bias alone cleared the threshold (C34.90, I10, N18.4 and F17.210 on each of these)."""
+    coder = Coder.load(tiny_model_dir)
+    preds = coder.predict([Note(id=f"j{i}", text=t) for i, t in enumerate(UNREADABLE)])
+    assert [p.codes for p in preds] == [[] for _ in UNREADABLE]
+    real = coder.predict(small_synth["test"])  # notes it can read keep their candidates, with evidence
+    assert all(len(p.codes) == coder.params["top_k"] for p in real)
+    assert all(c.evidence for p in real for c in p.codes if c.score >= coder.threshold)

@@ -1,6 +1,7 @@
 """A saved TF-IDF model is data only: it loads without running code and without scikit-learn, and gives
-exactly the matrix scikit-learn would; old pickled models still load, through an unpickler that refuses
-anything but a vectoriser's state; the command line imports no heavy package before a command needs it."""
+exactly the matrix scikit-learn would; old pickled models still load when trusted, through an unpickler
+that refuses anything but a vectoriser's state; the command line imports no heavy package before a
+command needs it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from icdcoder.coders import Coder
+from icdcoder.coders.base import CODER_FILE, folder_files
 from icdcoder.coders.tfidf import TfidfCoder
 from icdcoder.coders.tfidf_vectors import LightTfidfVectorizer, load_pickled
 from icdcoder.errors import IcdcoderError
@@ -35,6 +37,17 @@ def _same(a, b) -> None:
     assert a.shape == b.shape and a.dtype == b.dtype
     assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
     assert np.array_equal(a.data, b.data)  # bit for bit, not approximately
+
+
+def rehash(folder: Path) -> Path:
+    """Record the folder's current files in its manifest, as whoever crafted or damaged it could: the
+    loaders' own checks must then refuse the content."""
+    from icdcoder.io import file_sha256
+
+    meta = json.loads((folder / CODER_FILE).read_text(encoding="utf-8"))
+    meta["files"] = {rel: file_sha256(folder / rel) for rel in folder_files(folder)}
+    (folder / CODER_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return folder
 
 
 def _pickle_old(path: Path, state: dict, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
@@ -107,8 +120,11 @@ def test_a_loaded_coder_predicts_what_the_fitted_one_did(coder, small_synth, tmp
 
 
 def _old_folder(coder: TfidfCoder, folder: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:
-    """``coder`` saved in format 1: weights, bias and its scikit-learn vectorisers pickled."""
+    """``coder`` saved in format 1: weights, bias and its scikit-learn vectorisers pickled, and no hashes."""
     coder.save(folder)
+    meta = json.loads((folder / CODER_FILE).read_text(encoding="utf-8"))
+    del meta["files"]
+    (folder / CODER_FILE).write_text(json.dumps(meta), encoding="utf-8")
     (folder / "tfidf.json").unlink()
     (folder / "vectors.npz").unlink()
     _pickle_old(folder / "vectorizers.pkl", {"word": coder.word_vec, "char": coder.char_vec, "codes": coder.codes,
@@ -118,7 +134,7 @@ def _old_folder(coder: TfidfCoder, folder: Path, protocol: int = pickle.DEFAULT_
 
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_an_old_pickled_model_still_loads_and_predicts_the_same(coder, small_synth, tmp_path, protocol):
-    loaded = Coder.load(_old_folder(coder, tmp_path / "old", protocol))
+    loaded = Coder.load(_old_folder(coder, tmp_path / "old", protocol), trust_pickle=True)
     assert isinstance(loaded.word_vec, LightTfidfVectorizer)
     notes = small_synth["test"]
     assert _dumps(loaded, notes) == _dumps(coder, notes)
@@ -146,8 +162,10 @@ def test_a_pickle_that_runs_code_is_refused_and_does_not_run(coder, tmp_path):
     state = {"word": coder.word_vec, "char": coder.char_vec, "codes": coder.codes, "platt": coder.platt}
     for crafted in (_Payload(marker), {**state, "codes": [_Payload(marker)]}):  # alone, or hidden in a good state
         _pickle_old(folder / "vectorizers.pkl", crafted)
+        with pytest.raises(IcdcoderError, match=r"vectorizers\.pkl is a pickle.*--trust-pickle"):
+            Coder.load(folder)  # not trusted: not even opened
         with pytest.raises(IcdcoderError, match=r"vectorizers\.pkl: refused to load (posix|os)\.system"):
-            Coder.load(folder)
+            Coder.load(folder, trust_pickle=True)  # trusted: still nothing but a vectoriser's state
         assert not marker.exists()
 
 
@@ -160,8 +178,10 @@ def test_arrays_with_pickled_objects_are_refused(tiny_model_dir, tmp_path, file)
         np.save(folder / file, payload, allow_pickle=True)
     else:
         np.savez(folder / file, **{"format" if file == "weights.npz" else "word": payload})
-    with pytest.raises(IcdcoderError, match=file.replace(".", r"\.")):
+    with pytest.raises(IcdcoderError, match=file.replace(".", r"\.") + " does not match the sha256"):
         Coder.load(folder)
+    with pytest.raises(IcdcoderError, match=file.replace(".", r"\.") + ": cannot load"):
+        Coder.load(rehash(folder))  # a manifest that agrees: numpy itself refuses the pickled objects
     assert not marker.exists()
 
 
@@ -186,12 +206,14 @@ def test_a_damaged_state_file_names_itself(tiny_model_dir, tmp_path, damage):
         path.write_text(json.dumps(state), encoding="utf-8")
     else:
         path.unlink()
-    with pytest.raises(IcdcoderError, match=r"tfidf\.json: cannot load"):
+    with pytest.raises(IcdcoderError, match=r"tfidf\.json (does not match|missing)"):
         Coder.load(folder)
+    with pytest.raises(IcdcoderError, match=r"tfidf\.json: cannot load"):
+        Coder.load(rehash(folder))
 
 
 CODING = ("from icdcoder.pipeline import CodingPipeline\n"
-          "p = CodingPipeline.from_dir({!r})\n"
+          "p = CodingPipeline.from_dir({!r}, trust_pickle=True)\n"
           "assert p.code_text('patient with hypertension and type 2 diabetes').codes")
 
 

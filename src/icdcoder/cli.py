@@ -60,6 +60,7 @@ FmtOpt = typer.Option(Fmt.jsonl, "--format", help="jsonl (interchange, human-rea
 StrictOpt = typer.Option(False, "--strict", help="Make malformed or unknown codes errors instead of counted warnings.")
 CheckOpt = typer.Option(True, "--check-codes/--no-check-codes",
                         help="Check every code against the ontology (unknown codes are counted, or errors with --strict).")
+TrustPickleOpt = typer.Option(False, "--trust-pickle", help="Read an old TF-IDF model's vectorizers.pkl (a pickle can run code when read: only for models from a source you trust; save the model again to convert it).")
 
 
 def _progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
@@ -469,6 +470,7 @@ def predict(
     data: Path = typer.Option(..., "--data", help="A prepared dataset folder."),
     split: str = typer.Option("test", "--split", help="Which split to code."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL to write (atomically)."),
+    trust_pickle: bool = TrustPickleOpt,
 ) -> None:
     """Code every note of a split with a saved coder; writes the threshold beside the predictions."""
     from icdcoder.coders import Coder
@@ -476,7 +478,7 @@ def predict(
     from icdcoder.io import write_json
     from icdcoder.prediction import write_predictions
 
-    coder = Coder.load(model)
+    coder = Coder.load(model, trust_pickle=trust_pickle)
     notes = load_dataset(data, [split])[split]
     start = time.perf_counter()
     preds = coder.predict(notes)  # coders with long predict loops (plm_icd, generative) report their progress
@@ -635,13 +637,16 @@ def _rule_config(rules: bool, billable: Billable, codes_file: Optional[Path], la
 
 def _notes_to_code(source: str) -> list[Any]:
     """A .txt file is one note; .jsonl/.csv hold one note per line/row ({id, text}); ``-`` reads stdin:
-    JSONL when it starts with ``{``, else one plain-text note."""
+    JSONL when it starts with ``{`` (after a BOM and blanks), else one plain-text note."""
+    import codecs
+
     from icdcoder.data.note import Note
     from icdcoder.data.userfile import iter_user_notes
     from icdcoder.io import read_text_utf8
+    from icdcoder.text.validate import is_blank
 
     if source == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read().removeprefix(codecs.BOM_UTF8)
         if raw.lstrip().startswith(b"{"):
             return [n for _, n in iter_user_notes("<stdin>", lines=raw.splitlines())]
         text, note_id = raw.decode("utf-8", errors="replace"), "stdin"
@@ -649,8 +654,8 @@ def _notes_to_code(source: str) -> list[Any]:
         path = Path(source)
         if path.suffix.lower() in (".jsonl", ".csv", ".tsv"):
             return [n for _, n in iter_user_notes(path)]
-        text, note_id = read_text_utf8(path), path.stem
-    if not text.strip():
+        text, note_id = read_text_utf8(path, strip_bom=True), path.stem
+    if is_blank(text):
         raise IcdcoderError(f"{source}: the note is empty")
     return [Note(id=note_id, text=text)]
 
@@ -680,7 +685,7 @@ def code(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="JSONL output: keep at most this many codes per note (default: every code the coder returns)."),
     suggested_only: bool = typer.Option(False, "--suggested-only", help="JSONL output: keep only the suggested codes (score at or above the threshold)."),
     rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
-    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt,
+    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt, trust_pickle: bool = TrustPickleOpt,
 ) -> None:
     """Code notes with a trained coder: ranked codes with descriptions, scores and evidence."""
     from icdcoder.io import atomic_write
@@ -688,7 +693,7 @@ def code(
 
     notes = _notes_to_code(source)
     pipeline = CodingPipeline.from_dir(model, rules=_rule_config(rules, billable, codes_file, label_space),
-                                       to_version=to, top_k=None)
+                                       to_version=to, top_k=None, trust_pickle=trust_pickle)
     coded = pipeline.code(notes)
     if out_path is not None or jsonl:  # machine-readable: every candidate unless a limit is asked for
         for c in coded:
@@ -844,8 +849,12 @@ def serve(
     max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Requests waiting for a slot; beyond it 503 with Retry-After. Default 16."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a request may wait and code before 503/504. Default 60."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Candidates listed per note (default: all the coder returns)."),
+    read_timeout: Optional[float] = typer.Option(None, "--read-timeout", help="Seconds a client has to send a whole request once it connects or starts one; slower (slowloris) or silent ones are disconnected. Default 15."),
+    keep_alive: Optional[float] = typer.Option(None, "--keep-alive", help="Seconds an idle connection stays open between requests. Default 5."),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; when full, the one waiting longest on an unfinished request is closed. Default 1000, lowered to fit ulimit -n."),
+    backlog: Optional[int] = typer.Option(None, "--backlog", help="Connections waiting to be accepted. Default 2048, lowered to fit ulimit -n."),
     rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
-    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt,
+    label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt, trust_pickle: bool = TrustPickleOpt,
 ) -> None:
     """Serve a coder over HTTP: POST /v1/code, GET /v1/codes/{code}, the review page at /, API docs at /docs.
 
@@ -857,7 +866,8 @@ def serve(
 
     given = {"host": host, "port": port, "token": token, "max_body_bytes": max_body_bytes, "max_notes": max_notes,
              "max_note_chars": max_note_chars, "max_concurrency": max_concurrency, "max_queue": max_queue,
-             "timeout_s": timeout, "top_k": top_k}
+             "timeout_s": timeout, "top_k": top_k, "read_timeout_s": read_timeout, "keep_alive_s": keep_alive,
+             "max_connections": max_connections, "backlog": backlog}
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
@@ -869,7 +879,8 @@ def serve(
         raise IcdcoderError(f"icdcoder serve needs the serve extra ({e.name} is missing): "
                             "pip install -c constraints.txt -e '.[serve]'") from None
     # option combinations the pipeline refuses (--label-space with --to) raise ConfigError: main() prints it
-    web_app = load_app(model, settings, rules=_rule_config(rules, billable, codes_file, label_space), to_version=to)
+    web_app = load_app(model, settings, rules=_rule_config(rules, billable, codes_file, label_space), to_version=to,
+                       trust_pickle=trust_pickle)
     where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     console.print(f"review page {where}/ · API docs {where}/docs" + (" · token required" if settings.token else ""))
     run(web_app, settings)

@@ -70,14 +70,18 @@ class Code(NamedTuple):
         return self.code
 
 
-_ICD9_DX = re.compile(r"^(?:(\d{3})(\d{0,2})|(V\d{2})(\d{0,2})|(E\d{3})(\d?))$")
-_ICD9_PX = re.compile(r"^(\d{2})(\d{0,2})$")
-_ICD10_CM = re.compile(r"^([A-Z](?:\d[0-9A-Z]|A\d))([0-9A-Z]{0,4})$")  # QA0 (2026) has a letter second
+# re.ASCII: without it \d also matches other scripts' digits ("٤٢٨٠" would become "٤٢٨.٠")
+_ICD9_DX = re.compile(r"^(?:(\d{3})(\d{0,2})|(V\d{2})(\d{0,2})|(E\d{3})(\d?))$", re.ASCII)
+_ICD9_PX = re.compile(r"^(\d{2})(\d{0,2})$", re.ASCII)
+_ICD10_CM = re.compile(r"^([A-Z](?:\d[0-9A-Z]|A\d))([0-9A-Z]{0,4})$", re.ASCII)  # QA0 (2026) has a letter second
 _ICD10_PCS = re.compile(r"^[0-9A-HJ-NP-Z]{3,7}$")  # PCS never uses I or O; <7 chars = partial code
 
 
 def _squash(raw: str) -> str:
-    return raw.strip().upper().replace(".", "").replace(" ", "")
+    """Without blanks and dots, upper case. Only ASCII is upper-cased: "ı", "ſ" and "ﬁ" would turn
+    into "I", "S" and "FI" and so spell a code they are not; left as they are, they match no shape."""
+    s = raw.strip().replace(".", "").replace(" ", "")
+    return s.upper() if s.isascii() else s
 
 
 def normalize_code(raw: str, system: str | CodeSystem) -> str:
@@ -128,7 +132,7 @@ def infer_system(raw: str, *, version: int | None = None, procedure: bool | None
     except ICD-9 shapes ``V`` + digits only and ``E`` + 3 digits + dot; a dot after 2 digits is an
     ICD-9 procedure; other digit codes are ICD-9 diagnoses unless ``procedure`` is set.
     """
-    s = str(raw).strip().upper()
+    s = str(raw).strip()
     q = _squash(s)
     dot = s.find(".")
     if version != 9:

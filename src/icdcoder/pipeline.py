@@ -61,8 +61,8 @@ class CodingPipeline:
         self._lock = threading.Lock()  # coders are not promised to be thread-safe; one predict at a time
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, **kw: Any) -> "CodingPipeline":
-        return cls(Coder.load(model_dir), **kw)
+    def from_dir(cls, model_dir: str | Path, *, trust_pickle: bool = False, **kw: Any) -> "CodingPipeline":
+        return cls(Coder.load(model_dir, trust_pickle=trust_pickle), **kw)
 
     def predict(self, notes: Sequence[Note]) -> list[Prediction]:
         """Predictions after translation and rules, before descriptions are added."""

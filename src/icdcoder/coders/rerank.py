@@ -24,6 +24,13 @@ training note is kept (:attr:`out_of_fold`): the candidate lists that generative
 **Evidence** is pooled: the matcher's mentions (present ones first), else the note words of the
 covered ontology name, else TF-IDF's n-grams.
 
+**Abstaining.** A candidate is kept only when the note itself backs it: a matcher mention, an
+ontology name the note's words cover, a TF-IDF word n-gram that raises the code's score, or a nearest
+training note that shares words with it and carries the code. A source can propose a code on its
+prior alone (TF-IDF's top k by probability, the neighbours of a note that shares no word with any
+training note); such a candidate is dropped, so a note the sources cannot read ("12345", emoji,
+another language) gets no codes.
+
 **Saved state** (data only, no pickle): ``rerank.json`` (features, code frequencies, build info),
 ``ranker.txt`` (LightGBM's text model), ``matcher/`` and ``tfidf/`` (their own formats),
 ``knn.npz`` (training notes' tf-idf rows and code matrix).
@@ -85,6 +92,8 @@ class RerankCoder(Coder):
     ``n_jobs``, ``seed``."""
 
     cv_threshold_without_val = True  # fit(train, None) tunes on its own out-of-fold scores
+    state_files = (STATE_FILE, RANKER_FILE, KNN_FILE)
+    nested_coders = ("matcher", "tfidf")
 
     def __init__(self, matcher: dict[str, Any] | None = None, tfidf: dict[str, Any] | None = None,
                  assertion: bool = True, overlap: bool = True, tfidf_k: int = 30, knn_k: int = 10, overlap_k: int = 60,
@@ -114,7 +123,7 @@ class RerankCoder(Coder):
 
     def _rows(self, src: Sources, notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """Feature rows of ``notes`` under ``src``: X, y (gold or not), the note index of each row, codes."""
-        feats = candidate_features(src, notes, self.params)
+        feats = self._backed(notes, candidate_features(src, notes, self.params), src)
         X = [f[1] for f in feats]
         y = []
         for n, (codes, *_) in zip(notes, feats):
@@ -201,7 +210,7 @@ class RerankCoder(Coder):
         out: list[Prediction] = []
         for start in range(0, len(notes), 256):
             batch = notes[start:start + 256]
-            feats = self._features(batch)
+            feats = self._backed(batch, self._features(batch))
             sizes = [len(f[0]) for f in feats]
             X = np.vstack([f[1] for f in feats]) if sum(sizes) else np.zeros((0, len(FEATURES)), np.float32)
             scores = self.booster.predict(X) if len(X) else np.zeros(0)
@@ -213,6 +222,19 @@ class RerankCoder(Coder):
                 wanted = [c for i, c in enumerate(kept) if i < EVIDENCE_K or s[c] >= self.threshold]
                 out.append(Prediction.from_scores(note.id, {c: s[c] for c in kept},
                                                   self._evidence(note, wanted, s, mentions, overlaps, toks)))
+        return out
+
+    def _backed(self, notes: Sequence[Note], feats: list, src: Sources | None = None) -> list:
+        """``feats`` with only the candidates that the note backs under ``src`` (default: the fitted
+        sources; see "Abstaining" above). The ranker trains on such rows only, as it scores only them."""
+        src = src if src is not None else self.sources
+        raised = src.tfidf._support(src.tfidf._features([n.text for n in notes]))
+        knn = FEATURES.index("k_score")
+        out = []
+        for i, (codes, F, mentions, overlaps, toks) in enumerate(feats):
+            keep = [r for r, c in enumerate(codes) if c in mentions or c in overlaps or F[r, knn] > 0
+                    or (c in src.col_of and raised[i, src.col_of[c]])]
+            out.append(([codes[r] for r in keep], F[keep], mentions, overlaps, toks))
         return out
 
     def _features(self, notes: Sequence[Note]) -> list:
@@ -264,8 +286,8 @@ class RerankCoder(Coder):
         src = self.sources
         if src is None or self.booster is None:
             raise RuntimeError("RerankCoder is not fitted")
-        src.matcher.save(folder / "matcher")
-        src.tfidf.save(folder / "tfidf")
+        src.matcher.write_into(folder / "matcher")  # folder is a staging folder already
+        src.tfidf.write_into(folder / "tfidf")
         np.savez_compressed(folder / KNN_FILE, x_data=src.knn_X.data, x_indices=src.knn_X.indices,
                             x_indptr=src.knn_X.indptr, x_shape=np.asarray(src.knn_X.shape),
                             y_data=src.knn_Y.data, y_indices=src.knn_Y.indices, y_indptr=src.knn_Y.indptr,
@@ -286,8 +308,8 @@ class RerankCoder(Coder):
                              "train the reranker again")
         self.build_info = state.get("build", {})
         self.out_of_fold = {k: [(c, float(v)) for c, v in r] for k, r in state.get("out_of_fold", {}).items()}
-        matcher = Coder.load(folder / "matcher")
-        tfidf = Coder.load(folder / "tfidf")
+        matcher = Coder.load(folder / "matcher", trust_pickle=self._trust_pickle)
+        tfidf = Coder.load(folder / "tfidf", trust_pickle=self._trust_pickle)
         with np.load(folder / KNN_FILE, allow_pickle=False) as z:
             X = sp.csr_matrix((z["x_data"], z["x_indices"], z["x_indptr"]), shape=tuple(z["x_shape"]))
             Y = sp.csr_matrix((z["y_data"], z["y_indices"], z["y_indptr"]), shape=tuple(z["y_shape"]))

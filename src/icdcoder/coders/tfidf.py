@@ -8,7 +8,16 @@ margins are mapped through one Platt sigmoid fitted on validation (per-code cali
 possible for codes with one or two training examples).
 
 Evidence for a predicted code: the word n-grams of the note whose tf-idf value times the code's
-weight is largest, located in the text.
+weight is largest, located in the text. The vectoriser reads the note lower-cased, and lower-casing can
+lengthen a character ("İ" becomes "i" and a combining dot), so the n-grams are found in the lower-cased
+text and their offsets mapped back to the original characters: evidence offsets always refer to the note.
+
+Abstaining: a code is a candidate for a note only when at least one word n-gram of the note raises its
+score (tf-idf value times the code's weight is positive), i.e. only when it has evidence. Without
+this a frequent code's bias alone could clear the threshold on a note the model cannot read ("12345",
+"Lorem ipsum", emoji, another language); such a note gets no codes. Character n-grams, when used,
+refine the score of a candidate but do not make one: a fragment of a word is no evidence a reviewer
+can check. A code that every training note carries has no weights at all and is never suggested.
 
 A saved model is data only, so loading one never runs code: ``weights.npz`` and ``bias.npy``, and the
 vectorisers as ``tfidf.json`` (codes, Platt sigmoid, settings and vocabulary) plus ``vectors.npz``
@@ -29,6 +38,7 @@ import scipy.sparse as sp
 from icdcoder.coders.base import Coder, register
 from icdcoder.coders.tfidf_vectors import LightTfidfVectorizer, load_pickled, reading
 from icdcoder.data.note import Note
+from icdcoder.errors import IcdcoderError
 from icdcoder.prediction import Evidence, Prediction
 
 _BATCH = 512
@@ -44,7 +54,11 @@ class TfidfCoder(Coder):
     """Parameters: ``word_ngrams``, ``char_ngrams`` (None to skip), ``max_features`` (per vectoriser),
     ``min_df``, ``classifier`` (``logreg`` or ``svm``), ``C``, ``class_weight``, ``top_k`` codes kept
     per note, ``prune`` (weights below it in absolute value are dropped), ``evidence`` n-grams per code,
-    ``n_jobs``."""
+    ``n_jobs``. A note's candidates are the codes that one of its word n-grams raises (see the module
+    docstring: without a word it knows, a note gets no codes)."""
+
+    state_files = (WEIGHTS_FILE, BIAS_FILE, STATE_FILE, VECTORS_FILE)
+    legacy_pickles = (PICKLED_FILE,)
 
     def __init__(self, word_ngrams: tuple[int, int] = (1, 2), char_ngrams: tuple[int, int] | None = None,
                  max_features: int = 200_000, min_df: int = 2, classifier: str = "logreg", C: float = 10.0,
@@ -154,6 +168,15 @@ class TfidfCoder(Coder):
             self._WT, self._WT_of = self.W.T.tocsr(), self.W
         return np.asarray((X @ self._WT).todense(), dtype=np.float32) + self.b
 
+    def _support(self, X: sp.csr_matrix) -> np.ndarray:
+        """notes x codes, True where a word n-gram of the note raises the code's score (its evidence)."""
+        n_words = len(self.word_vec.vocabulary_)
+        if getattr(self, "_raises_of", None) is not self.W:  # words x codes, 1 where the weight is positive
+            W = self.W[:, :n_words]
+            self._raises, self._raises_of = (W > 0).astype(np.float32).T.tocsr(), self.W
+        words = X[:, :n_words].astype(bool).astype(np.float32)
+        return np.asarray((words @ self._raises).todense()) > 0
+
     def _fit_platt(self, val: Sequence[Note]) -> None:
         """One sigmoid for all codes, fitted on validation margins (a logistic regression on one feature)."""
         from sklearn.linear_model import LogisticRegression
@@ -188,11 +211,12 @@ class TfidfCoder(Coder):
             batch = notes[start:start + _BATCH]
             X = self._features([n.text for n in batch])
             P = self._probabilities(self._margins(X))
-            top = np.argsort(-P, axis=1, kind="stable")[:, :k]
+            supported = self._support(X)
+            top = np.argsort(-np.where(supported, P, -1.0), axis=1, kind="stable")[:, :k]
             for i, note in enumerate(batch):
-                scores = {self.codes[j]: float(P[i, j]) for j in top[i]}
+                scores = {self.codes[j]: float(P[i, j]) for j in top[i] if supported[i, j]}
                 ev = {self.codes[j]: self._evidence(note.text, X[i], j) for j in top[i]
-                      if P[i, j] >= self.threshold}
+                      if supported[i, j] and P[i, j] >= self.threshold}
                 out.append(Prediction.from_scores(note.id, scores, ev))
         return out
 
@@ -205,7 +229,7 @@ class TfidfCoder(Coder):
         contrib = np.asarray(x[0, cols].todense()).ravel() * np.asarray(self.W[j, cols].todense()).ravel()
         order = np.argsort(-contrib)[: self.params["evidence"]]
         names = self._feature_names()
-        lower = text.lower()
+        lower, origin = lowered(text)
         out = []
         for o in order:
             if contrib[o] <= 0:
@@ -214,7 +238,8 @@ class TfidfCoder(Coder):
             pattern = r"\b" + r"\W+".join(re.escape(t) for t in term.split()) + r"\b"
             m = re.search(pattern, lower)
             if m:
-                out.append(Evidence(start=m.start(), end=m.end(), text=text[m.start():m.end()]))
+                start, end = (m.start(), m.end()) if origin is None else (origin[m.start()], origin[m.end() - 1] + 1)
+                out.append(Evidence(start=start, end=end, text=text[start:end]))
         return out
 
     def _feature_names(self) -> np.ndarray:
@@ -244,7 +269,10 @@ class TfidfCoder(Coder):
             self.b = np.load(folder / BIAS_FILE, allow_pickle=False)
         if (folder / STATE_FILE).exists() or not (folder / PICKLED_FILE).exists():
             state, path = self._read_state(folder), folder / STATE_FILE
-        else:  # format 1
+        else:  # format 1: Coder.load has checked that the caller trusts it; this is for direct callers
+            if not self._trust_pickle:
+                raise IcdcoderError(f"{folder / PICKLED_FILE}: an old TF-IDF model's pickle is read only when "
+                                    f"trusted (--trust-pickle)")
             state, path = load_pickled(folder / PICKLED_FILE), folder / PICKLED_FILE
         with reading(path):
             self.word_vec, self.char_vec = state["word"], state["char"]
@@ -274,3 +302,16 @@ class TfidfCoder(Coder):
                                                spec["vocabulary"], idf.get(name))
                     for name, spec in vectorizers.items()}
             return {"word": made["word"], "char": made.get("char"), "codes": state["codes"], "platt": state["platt"]}
+
+
+def lowered(text: str) -> tuple[str, list[int] | None]:
+    """``text.lower()`` and, when lower-casing changed its length, the index in ``text`` of each
+    lower-cased character (None: the same indices). Only a few characters lengthen ("İ" -> "i̇"); none
+    shortens, so equal lengths mean every character kept its place."""
+    lower = text.lower()
+    if len(lower) == len(text):
+        return lower, None
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        origin.extend([i] * len(ch.lower()))
+    return lower, origin

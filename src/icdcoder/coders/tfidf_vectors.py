@@ -13,9 +13,10 @@ vectoriser with any other (a custom tokenizer, stop words, accent stripping, bin
 refused, when saved as when loaded.
 
 Models saved before this format pickled the vectorisers (``vectorizers.pkl``). :func:`load_pickled`
-still reads them, through an unpickler that resolves only the globals such a pickle holds
-(scikit-learn's two classes, as inert state, and numpy's array, dtype and scalar reconstructors) and
-refuses any other, so a crafted file cannot run code; it never falls back to ``pickle.load``.
+still reads them when the caller trusts the file (``--trust-pickle``; ``Coder.load`` refuses the
+folder otherwise), and even then through an unpickler that resolves only the globals such a pickle
+holds (scikit-learn's two classes, as inert state, and numpy's array, dtype and scalar
+reconstructors) and refuses any other, so a crafted file cannot run code; it never falls back to ``pickle.load``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from icdcoder.data.codecheck import CodeResolver
 from icdcoder.data.note import Note, Span, canonical_split
 from icdcoder.errors import DataError
 from icdcoder.io import read_text_utf8
+from icdcoder.text.validate import is_blank
 
 Lang = Literal["es", "en"]
 Kind = Literal["diagnoses", "procedures", "both"]
@@ -38,8 +39,12 @@ _X_KIND = {"DIAGNOSTICO": CodeSystem.ICD10CM, "PROCEDIMIENTO": CodeSystem.ICD10P
 
 
 def _tsv_rows(path: Path, n_fields: int, names: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
-    """Rows of a CodiEsp TSV; a wrong field count or empty field is an error naming line and field."""
-    for lineno, line in enumerate(read_text_utf8(path).splitlines(), start=1):
+    """Rows of a CodiEsp TSV; a wrong field count or empty field is an error naming line and field.
+
+    A BOM is dropped (it would stick to the first article id). Lines end at ``\\n`` only, as an editor
+    counts them: ``str.splitlines`` would also cut at U+2028 or U+0085 inside an evidence quote."""
+    for lineno, line in enumerate(read_text_utf8(path, strip_bom=True).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -56,7 +61,7 @@ def _parse_offsets(raw: str, path: Path, lineno: int) -> list[tuple[int, int]]:
     segs = []
     for part in raw.split(";"):
         bits = part.split()
-        if len(bits) != 2 or not all(b.isdigit() for b in bits):
+        if len(bits) != 2 or not all(b.isascii() and b.isdigit() for b in bits):  # "²".isdigit() is True
             raise DataError(f"offsets must be 'start end[;start end]', got {raw!r}", path=path, line=lineno,
                             field="offsets")
         start, end = int(bits[0]), int(bits[1])
@@ -125,7 +130,7 @@ def _iter_split(folder: Path, split: str, lang: Lang, kind: Kind, resolver: Code
     for txt in sorted(text_dir.glob("*.txt")):
         article = txt.stem
         text = read_text_utf8(txt)
-        if not text.strip():
+        if is_blank(text):
             raise DataError("note text is empty", path=txt)
         note_codes = codes.pop(article, [])
         spans, meta = [], {"source": "codiesp", "lang": lang}

@@ -69,9 +69,10 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 from icdcoder.codes import CodeSystem
 from icdcoder.data.codecheck import CodeResolver
-from icdcoder.data.note import Note, canonical_split
+from icdcoder.data.note import Note, check_split
 from icdcoder.data.splits import SplitRecord, split_records
 from icdcoder.errors import DataError
+from icdcoder.text.validate import is_blank
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -389,7 +390,7 @@ def iter_mimic(root: str | Path, *, version: int | None = None, preset: str | No
                 stats.notes_dropped["rows_without_hadm_id"] += 1
                 continue
             text = row[c[lay.text]]
-            if not text or text.isspace():
+            if is_blank(text):
                 raise DataError("empty note text", path=note_csv.path, line=line, field=lay.text)
             hadm = _int(hadm_raw, note_csv, line, lay.hadm)
             subject = row[c[lay.subject]].strip()
@@ -511,7 +512,7 @@ def iter_mimic(root: str | Path, *, version: int | None = None, preset: str | No
                 text = "\n\n".join(t.strip("\n") for t in texts)
             if clean_text:
                 text = _clean(text)
-                if not text:
+                if is_blank(text):
                     stats.notes_dropped["empty_after_cleaning"] += 1
                     continue
             split = split_of[hadm]
@@ -625,7 +626,7 @@ def read_split_file(path: str | Path) -> dict[int, str]:
             i = int(i)
         except (TypeError, ValueError):
             raise DataError(f"_id must be an integer hadm_id, got {i!r}", path=path, line=row, field="_id") from None
-        s = canonical_split(str(s))
+        s = check_split(s, path=path, line=row, field="split")
         if out.setdefault(i, s) != s:
             raise DataError(f"id {i} is in two splits ({out[i]!r} and {s!r})", path=path, line=row, field="_id")
     return out

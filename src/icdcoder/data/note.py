@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from icdcoder.codes import CodeSystem, normalize_code, parse_system
+from icdcoder.errors import DataError
+from icdcoder.text.validate import check_note_text, is_blank
 
 
 class Span(BaseModel):
@@ -51,14 +55,19 @@ class Note(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _id_as_str(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) else v
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("text")
     @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
+    def _valid_text(cls, v: str) -> str:
+        """Not blank (invisible characters count as blank) and encodable: a lone surrogate would only
+        fail when the note or its evidence is written out."""
+        if is_blank(v):
             raise ValueError("note text is empty")
-        return v
+        try:
+            return check_note_text(v)
+        except DataError as e:
+            raise ValueError(e.message) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Note":
@@ -128,6 +137,23 @@ def split_order(name: str) -> tuple[int, str]:
 def canonical_split(name: str) -> str:
     """``dev``/``valid``/``validation`` are all called ``val`` inside icdcoder."""
     return SPLIT_ALIASES.get(name.lower(), name.lower())
+
+
+_SPLIT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+
+
+def check_split(name: Any, *, path: str | Path | None = None, line: int | None = None,
+                field: str | None = None) -> str:
+    """The canonical name of a split that comes from data (or the command line), checked before it
+    becomes a file name: lower-case letters, digits, ``_`` and ``-``, at most 64 of them, so no
+    value ("../x", "/tmp/x", NUL) can name a path outside the output folder."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise DataError(f"split must be a string, got {type(name).__name__}", path=path, line=line, field=field)
+    split = canonical_split(str(name))
+    if not _SPLIT_NAME.fullmatch(split):
+        raise DataError(f"split name {split[:40]!r} is not allowed: use 1-64 of a-z, 0-9, '_' and '-'",
+                        path=path, line=line, field=field)
+    return split
 
 
 @dataclass

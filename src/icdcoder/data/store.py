@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from icdcoder import __version__
 from icdcoder.data.codecheck import CodeResolver
-from icdcoder.data.note import Dataset, Note, canonical_split, first_error, split_order
+from icdcoder.data.note import Dataset, Note, canonical_split, check_split, first_error, split_order
 from icdcoder.errors import DataError
 from icdcoder.io import atomic_dir, file_sha256, iter_jsonl, write_json
 
@@ -111,7 +112,7 @@ class DatasetWriter:
         return self
 
     def add(self, split: str, note: Note) -> None:
-        split = canonical_split(split)
+        split = check_split(split)  # it names a file: nothing may lead out of the folder
         if note.id in self._seen_ids:
             raise DataError(f"duplicate note id {note.id!r} (in split {self._seen_ids[note.id]!r} and {split!r})")
         self._seen_ids[note.id] = split
@@ -207,14 +208,30 @@ def iter_notes(path: str | Path) -> Iterator[Note]:
             yield note_from_record(obj, path=path, line=lineno)
 
 
+_SPLIT_FILE = re.compile(r"[a-z0-9_-]{1,64}\.(?:jsonl|parquet)")
+
+
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared folder; its split files must be plain names inside the folder."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
         raise DataError(f"no {MANIFEST} here; prepare the data with `icdcoder data prepare` first", path=data_dir)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"not a manifest icdcoder wrote ({type(e).__name__})", path=path) from None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        raise DataError("no 'splits' object", path=path, field="splits")
+    for split, info in splits.items():
+        check_split(split, path=path, field="splits")
+        file = info.get("file") if isinstance(info, dict) else None
+        if not isinstance(file, str) or not _SPLIT_FILE.fullmatch(file):
+            raise DataError(f"split {split!r} names no plain file in this folder (e.g. {split}.jsonl)",
+                            path=path, field=f"splits.{split}.file")
+    return manifest
 
 
 def load_dataset(data_dir: str | Path, splits: Iterable[str] | None = None) -> Dataset:

@@ -16,25 +16,24 @@ from icdcoder.codes import CodeFormatError, CodeSystem, infer_system, parse_syst
 from icdcoder.data.codecheck import CodeResolver
 from pydantic import ValidationError
 
-from icdcoder.data.note import Note, Span, canonical_split, first_error
+from icdcoder.data.note import Note, Span, check_split, first_error
 from icdcoder.errors import DataError
-from icdcoder.io import iter_jsonl, iter_jsonl_lines
+from icdcoder.io import BOM, iter_jsonl, iter_jsonl_lines, open_input
+from icdcoder.text.validate import check_note_text, is_blank
 
 _KNOWN = {"code_systems", "spans", "admission_time", "patient_id", "metadata"}
 
 
 def _utf8_lines(path: Path) -> Iterator[str]:
-    """Decode line by line so a bad byte is reported on its own physical line."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    with fh:
+    """Decode line by line so a bad byte is reported on its own physical line; a BOM is dropped so
+    that it never sticks to the first column's name."""
+    with open_input(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                yield raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path=path, line=lineno) from None
+            yield line.removeprefix(BOM) if lineno == 1 else line
 
 
 def _csv_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -80,11 +79,11 @@ def iter_user_notes(path: str | Path, *, split: str | None = "test", split_field
         note = _note(rec, path, lineno, id_field, text_field, codes_field, default_system, codes_sep, resolver)
         if split_field:
             value = rec.get(split_field)
-            if not value:
+            if value in (None, ""):
                 raise DataError("empty split", path=path, line=lineno, field=split_field)
-            yield canonical_split(str(value)), note
+            yield check_split(value, path=path, line=lineno, field=split_field), note
         else:
-            yield canonical_split(split or "test"), note
+            yield check_split(split or "test"), note
     if seen == 0:
         raise DataError("no notes in file", path=path)
 
@@ -95,13 +94,16 @@ def _note(rec: dict[str, Any], path: Path, lineno: int, id_field: str, text_fiel
         return DataError(msg, path=path, line=lineno, field=field)
 
     note_id = rec.get(id_field)
-    if note_id is None or str(note_id).strip() == "":
+    if note_id is None or (isinstance(note_id, str) and is_blank(note_id)):
         raise err("missing or empty id", id_field)
+    if not _is_id(note_id):
+        raise err(f"id must be a string or an integer, got {type(note_id).__name__}", id_field)
     text = rec.get(text_field)
     if not isinstance(text, str):
         raise err(f"text must be a string, got {type(text).__name__}", text_field)
-    if not text.strip():
+    if is_blank(text):
         raise err("note text is empty", text_field)
+    check_note_text(text, text_field, path=path, line=lineno)
 
     raw_codes = rec.get(codes_field) or []
     if isinstance(raw_codes, str):
@@ -109,6 +111,8 @@ def _note(rec: dict[str, Any], path: Path, lineno: int, id_field: str, text_fiel
     if not isinstance(raw_codes, list) or not all(isinstance(c, str) for c in raw_codes):
         raise err("codes must be a list of strings or a separated string", codes_field)
     given = rec.get("code_systems") or {}
+    if not isinstance(given, dict):
+        raise err("code_systems must be an object {code: system}", "code_systems")
     pairs = []
     for raw in raw_codes:
         try:
@@ -130,10 +134,19 @@ def _note(rec: dict[str, Any], path: Path, lineno: int, id_field: str, text_fiel
                               if k not in _KNOWN | {id_field, text_field, codes_field} and v not in (None, "")})
     for key in ("admission_time", "patient_id"):
         if rec.get(key) not in (None, ""):
+            if not _is_id(rec[key]):
+                raise err(f"{key} must be a string or an integer, got {type(rec[key]).__name__}", key)
             extra[key] = str(rec[key])
+    if not isinstance(rec.get("spans") or [], list):
+        raise err("spans must be a list of {code, start, end}", "spans")
     try:
         spans = [Span.model_validate(s) for s in rec.get("spans") or []]
         return Note.build(str(note_id), text, pairs, spans=spans, **extra)
     except ValidationError as e:
         loc, msg = first_error(e)
         raise err(msg, "spans" if "span" in msg or loc.startswith("spans") else codes_field) from None
+
+
+def _is_id(value: Any) -> bool:
+    """Ids are strings or integers; an object, list, bool or float would become a made-up string."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))

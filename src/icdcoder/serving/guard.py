@@ -1,5 +1,8 @@
 """The outer layer of every request: request id, bearer token, body size, crash handling, access log.
 
+The access log names the path as sent (percent-encoded) with anything that could break a log line
+escaped (:func:`log_safe`): a decoded ``%0D%0A`` would otherwise let a URL write log lines of its own.
+
 It is plain ASGI so that it runs before FastAPI reads or parses anything, and so that no exception
 reaches the server's own error log: exception messages can quote note text (a validation error
 repeats its input), so only the exception type and the code locations are logged, never a message.
@@ -52,6 +55,23 @@ def error_json(status: int, kind: str, message: str, headers: dict[str, str] | N
             {"type": "http.response.body", "body": body})
 
 
+def log_safe(value: str) -> str:
+    """``value`` with control, invisible and line-breaking characters, spaces and backslashes escaped
+    (``\\r``, ``\\x1b``, ``\\u2028``), so a client cannot end a log line, forge the next one, shift the
+    fields of this one or send escape codes to an operator's terminal."""
+    if value.isprintable() and " " not in value and "\\" not in value:
+        return value
+    return "".join(ch if ch.isprintable() and ch not in " \\" else
+                   ("\\x20" if ch == " " else ch.encode("unicode_escape").decode("ascii"))
+                   for ch in value)
+
+
+def logged_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded: ``%0D%0A`` stays text), escaped for the log."""
+    raw = scope.get("raw_path")
+    return log_safe(raw.decode("latin-1") if raw else scope.get("path", ""))
+
+
 def _where(exc: BaseException) -> str:
     """Code locations of a traceback, without the exception's message or any local value."""
     return "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
@@ -94,14 +114,14 @@ class Guard:
                 return
             await self.app(scope, counted_receive, tagged_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: answer, log safely, never re-raise
-            log.error("unhandled %s in %s %s [request %s]\n%s", type(exc).__name__, scope["method"], scope["path"],
-                      rid, _where(exc))
+            log.error("unhandled %s in %s %s [request %s]\n%s", type(exc).__name__, log_safe(scope["method"]),
+                      logged_path(scope), rid, _where(exc))
             if not seen["started"]:
                 for message in error_json(500, "internal_error", f"internal server error; quote request id {rid}"):
                     await tagged_send(message)
         finally:
-            log.info("%s %s %s %.1f ms in=%dB out=%dB [request %s]", scope["method"], scope["path"], seen["status"],
-                     (time.perf_counter() - start) * 1000, seen["in"], seen["out"], rid)
+            log.info("%s %s %s %.1f ms in=%dB out=%dB [request %s]", log_safe(scope["method"]), logged_path(scope),
+                     seen["status"], (time.perf_counter() - start) * 1000, seen["in"], seen["out"], rid)
 
     def _refusal(self, scope: Scope):
         """A response to send instead of running the app: missing token, or a declared size over the limit."""

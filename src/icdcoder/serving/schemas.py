@@ -6,12 +6,31 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icdcoder.errors import DataError
 from icdcoder.pipeline import CodedNote
+from icdcoder.text.validate import check_note_text, is_blank
 
 
-def _not_blank(v: str) -> str:
-    if not v.strip():
+def _valid_text(v: str) -> str:
+    """Valid Unicode (a lone surrogate from JSON's ``"\\ud800"`` would fail only when the answer quoting it
+    is written: a 500) and not blank (zero-width spaces and BOMs count as blank)."""
+    try:
+        check_note_text(v)
+    except DataError as e:  # pydantic turns ValueError into a 422 naming the field; e.message quotes no text
+        raise ValueError(e.message) from None
+    if is_blank(v):
         raise ValueError("note text is empty")
+    return v
+
+
+def _valid_id(v: Any) -> Any:
+    """Run before pydantic's own check, whose message for a lone surrogate ("unable to parse raw data as a
+    unicode string") does not say what is wrong; anything but a string is left to pydantic."""
+    if isinstance(v, str):
+        try:
+            check_note_text(v, "id")
+        except DataError as e:
+            raise ValueError(e.message) from None
     return v
 
 
@@ -25,8 +44,13 @@ class NoteIn(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _text_not_blank(cls, v: str) -> str:
-        return _not_blank(v)
+    def _text_valid(cls, v: str) -> str:
+        return _valid_text(v)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_valid(cls, v: Any) -> Any:
+        return _valid_id(v)
 
 
 class CodeRequest(BaseModel):
@@ -43,8 +67,13 @@ class CodeRequest(BaseModel):
 
     @field_validator("text")
     @classmethod
-    def _text_not_blank(cls, v: str | None) -> str | None:
-        return None if v is None else _not_blank(v)
+    def _text_valid(cls, v: str | None) -> str | None:
+        return None if v is None else _valid_text(v)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_valid(cls, v: Any) -> Any:
+        return _valid_id(v)
 
     @model_validator(mode="after")
     def _one_form(self) -> "CodeRequest":

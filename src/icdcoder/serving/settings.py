@@ -1,7 +1,9 @@
 """What ``icdcoder serve`` may accept and how much work it takes on at once.
 
 Limits exist because one server is shared by several reviewers: a pasted book, a batch of a
-thousand notes or a burst of clicks must get a clear error, not take the model away from everyone.
+thousand notes or a burst of clicks must get a clear error, not take the model away from everyone;
+and a client that opens connections and sends nothing, or one byte a second, must not hold sockets
+(file descriptors) until the server cannot accept anyone else.
 A server reachable from other machines must not code notes for anyone who asks, hence the token rule.
 """
 
@@ -41,6 +43,14 @@ class ServeSettings(BaseModel):
     max_concurrency: int = Field(4, ge=1, description="requests coding at once")
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond it 503 at once")
     top_k: int | None = Field(None, ge=1, description="candidates listed per note (used by serve())")
+    read_timeout_s: float = Field(15.0, gt=0, description="seconds a client has to send one whole request (headers "
+                                  "and body) once it connects or starts it; slower ones are disconnected")
+    keep_alive_s: float = Field(5.0, gt=0, description="seconds an idle connection stays open between requests")
+    max_connections: int | None = Field(None, ge=1, description="open connections at most; when full, the one "
+                                        "waiting longest on an unfinished request is closed; default 1000, lowered "
+                                        "to fit the process's open-file limit")
+    backlog: int | None = Field(None, ge=1, description="connections waiting to be accepted; default 2048, lowered "
+                                "to fit the open-file limit")
 
     @field_validator("token")
     @classmethod

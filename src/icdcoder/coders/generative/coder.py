@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from icdcoder.coders.base import Coder, register
+from icdcoder.coders.base import HF_FOLDER_FILES, Coder, register
 from icdcoder.coders.generative.answer import ParsedAnswer, format_answer, parse_answer
 from icdcoder.coders.generative.backends import Messages, Sampling
 from icdcoder.coders.generative.prompts import PromptConfig, Retriever, build_messages, code_system
@@ -54,6 +54,10 @@ class GenerativeCoder(Coder):
     """Zero- or few-shot prompting of a causal LM (``fit`` builds the tiny LM or just the example pool)."""
 
     scored = False
+    # an LM built or trained here is saved in lm/ as transformers writes it (safetensors, tokenizer, chat
+    # template, PEFT adapter), with the tiny LM's and a training stage's own records
+    state_files = ("generative.json", "pool.jsonl",
+                   *(f"lm/{name}" for name in (*HF_FOLDER_FILES, "tiny_lm.json", "stage.json")))
     stage_options: tuple[str, ...] = ()  # extra parameter groups a training stage accepts (sft, grpo, phi)
     trains_lm = False  # prompts of training notes become training data (SFT, GRPO, PHI)
 

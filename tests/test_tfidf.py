@@ -124,3 +124,17 @@ def test_a_note_without_a_known_word_gets_no_codes(tiny_model_dir, small_synth):
     real = coder.predict(small_synth["test"])  # notes it can read keep their candidates, with evidence
     assert all(len(p.codes) == coder.params["top_k"] for p in real)
     assert all(c.evidence for p in real for c in p.codes if c.score >= coder.threshold)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_top_k_is_a_stable_argsorts_first_k(data):
+    """Scores with many ties (a few distinct values) and any k: the partial sort picks and orders codes
+    as the full stable argsort did."""
+    from icdcoder.coders.tfidf import top_k
+
+    rows, cols = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 120))
+    S = np.array(data.draw(st.lists(st.integers(-2, 3), min_size=rows * cols, max_size=rows * cols)),
+                 dtype=np.float32).reshape(rows, cols)
+    k = data.draw(st.integers(1, cols))
+    assert (top_k(S, k) == np.argsort(-S, axis=1, kind="stable")[:, :k]).all()

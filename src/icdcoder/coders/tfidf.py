@@ -54,7 +54,11 @@ class TfidfCoder(Coder):
     """Parameters: ``word_ngrams``, ``char_ngrams`` (None to skip), ``max_features`` (per vectoriser),
     ``min_df``, ``classifier`` (``logreg`` or ``svm``), ``C``, ``class_weight``, ``top_k`` codes kept
     per note, ``prune`` (weights below it in absolute value are dropped), ``evidence`` n-grams per code,
-    ``n_jobs``. A note's candidates are the codes that one of its word n-grams raises (see the module
+    ``n_jobs`` (codes trained at once; -1: one per physical core), ``solver``: ``sklearn`` (one
+    scikit-learn estimator per code; the default until the README's figures are re-run with the other)
+    or ``liblinear`` (one conversion of the training matrix shared by every code, see
+    :mod:`icdcoder.coders.linear_ovr`: the same models within LIBLINEAR's tolerance, 2.9-5.6x faster
+    than LibMultiLabel on 10k-20k notes, bench/bench_linear.py). A note's candidates are the codes that one of its word n-grams raises (see the module
     docstring: without a word it knows, a note gets no codes)."""
 
     state_files = (WEIGHTS_FILE, BIAS_FILE, STATE_FILE, VECTORS_FILE)
@@ -63,13 +67,15 @@ class TfidfCoder(Coder):
     def __init__(self, word_ngrams: tuple[int, int] = (1, 2), char_ngrams: tuple[int, int] | None = None,
                  max_features: int = 200_000, min_df: int = 2, classifier: str = "logreg", C: float = 10.0,
                  class_weight: str | None = None, top_k: int = 50, prune: float = 1e-4, evidence: int = 3,
-                 n_jobs: int = 1, seed: int = 13):
+                 n_jobs: int = 1, seed: int = 13, solver: str = "sklearn"):
         super().__init__(word_ngrams=list(word_ngrams), char_ngrams=list(char_ngrams) if char_ngrams else None,
                          max_features=max_features, min_df=min_df, classifier=classifier, C=C,
                          class_weight=class_weight, top_k=top_k, prune=prune, evidence=evidence, n_jobs=n_jobs,
-                         seed=seed)
+                         seed=seed, solver=solver)
         if classifier not in ("logreg", "svm"):
             raise ValueError(f"classifier must be 'logreg' or 'svm', not {classifier!r}")
+        if solver not in ("liblinear", "sklearn"):
+            raise ValueError(f"solver must be 'liblinear' or 'sklearn', not {solver!r}")
         self.word_vec = self.char_vec = None
         self.codes: list[str] = []
         self.W: sp.csr_matrix | None = None
@@ -119,10 +125,22 @@ class TfidfCoder(Coder):
                           shape=(len(train), len(self.codes)))
         from icdcoder.progress import track
 
+        p = self.params
+        if p["solver"] == "liblinear":
+            from icdcoder.coders.linear_ovr import stack, train_ovr
+
+            jobs = train_ovr(X, Y, classifier=p["classifier"], C=p["C"], class_weight=p["class_weight"],
+                             prune=p["prune"], n_jobs=p["n_jobs"])
+            self.W, self.b = stack(list(track(jobs, "tfidf fit", total=len(self.codes), unit="code")), X.shape[1])
+            return self._calibrate(val)
         jobs = Parallel(n_jobs=self.params["n_jobs"], prefer="threads", return_as="generator")(
             delayed(self._fit_one)(X, Y[:, j].toarray().ravel()) for j in range(len(self.codes)))
         results = list(track(jobs, "tfidf fit", total=len(self.codes), unit="code"))  # in code order
         self._stack(results, X.shape[1])
+        return self._calibrate(val)
+
+    def _calibrate(self, val: Sequence[Note] | None) -> "TfidfCoder":
+        """The Platt sigmoid (SVM) and the decision threshold, both on validation."""
         if self.params["classifier"] == "svm" and val:
             self._fit_platt(val)
         if val:
@@ -165,8 +183,9 @@ class TfidfCoder(Coder):
         # W.T in CSR, converted once per weight matrix: converting on every call cost ~30 ms per
         # note on a 300-code model, most of the time of a one-note request to the server
         if getattr(self, "_WT_of", None) is not self.W:
-            self._WT, self._WT_of = self.W.T.tocsr(), self.W
-        return np.asarray((X @ self._WT).todense(), dtype=np.float32) + self.b
+            self._WT, self._WT_of = scoring_matrix(self.W), self.W
+        M = X @ self._WT
+        return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=np.float32) + self.b
 
     def _support(self, X: sp.csr_matrix) -> np.ndarray:
         """notes x codes, True where a word n-gram of the note raises the code's score (its evidence)."""
@@ -212,7 +231,7 @@ class TfidfCoder(Coder):
             X = self._features([n.text for n in batch])
             P = self._probabilities(self._margins(X))
             supported = self._support(X)
-            top = np.argsort(-np.where(supported, P, -1.0), axis=1, kind="stable")[:, :k]
+            top = top_k(np.where(supported, P, -1.0), k)
             for i, note in enumerate(batch):
                 scores = {self.codes[j]: float(P[i, j]) for j in top[i] if supported[i, j]}
                 ev = {self.codes[j]: self._evidence(note.text, X[i], j) for j in top[i]
@@ -223,10 +242,20 @@ class TfidfCoder(Coder):
     def _evidence(self, text: str, x: sp.csr_matrix, j: int) -> list[Evidence]:
         """Word n-grams whose tf-idf times weight for code ``j`` is largest and positive, located in ``text``."""
         n_words = len(self.word_vec.vocabulary_)
-        cols = x.indices[x.indices < n_words]
+        words = x.indices < n_words
+        cols = x.indices[words]
         if len(cols) == 0 or self.params["evidence"] <= 0:
             return []
-        contrib = np.asarray(x[0, cols].todense()).ravel() * np.asarray(self.W[j, cols].todense()).ravel()
+        # code j's weights on the note's columns, read from the CSR row directly (scipy's indexing cost
+        # ~0.5 ms a code, most of a prediction's time when codes are many)
+        W = self.W
+        if not W.has_sorted_indices:
+            W.sort_indices()
+        wcols, wvals = W.indices[W.indptr[j]:W.indptr[j + 1]], W.data[W.indptr[j]:W.indptr[j + 1]]
+        if len(wcols) == 0:
+            return []
+        at = np.minimum(np.searchsorted(wcols, cols), len(wcols) - 1)
+        contrib = x.data[words] * np.where(wcols[at] == cols, wvals[at], np.float32(0))
         order = np.argsort(-contrib)[: self.params["evidence"]]
         names = self._feature_names()
         lower, origin = lowered(text)
@@ -302,6 +331,30 @@ class TfidfCoder(Coder):
                                                spec["vocabulary"], idf.get(name))
                     for name, spec in vectorizers.items()}
             return {"word": made["word"], "char": made.get("char"), "codes": state["codes"], "platt": state["platt"]}
+
+
+def scoring_matrix(W: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
+    """``W.T`` for scoring: dense when that takes no more memory than sparse (half the weights or more
+    non-zero, as an SVM's often are), because a sparse matrix times a dense one is several times
+    faster than a product of two sparse ones."""
+    if 8 * W.nnz >= 4 * W.shape[0] * W.shape[1]:
+        return np.ascontiguousarray(W.T.toarray(), dtype=np.float32)
+    return W.T.tocsr()
+
+
+def top_k(S: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the ``k`` largest values, largest first, ties by column (a stable
+    argsort's order). With many columns only the ``k`` are sorted: a full argsort of every row cost
+    more than the scores themselves with thousands of codes."""
+    if 4 * k >= S.shape[1]:
+        return np.argsort(-S, axis=1, kind="stable")[:, :k]
+    kth = np.partition(-S, k - 1, axis=1)[:, k - 1:k]  # each row's k-th largest, negated
+    out = np.empty((S.shape[0], k), dtype=np.intp)
+    for i in range(S.shape[0]):  # the k-th value's ties go to the lowest columns, as in a stable sort
+        above, tied = np.flatnonzero(-S[i] < kth[i]), np.flatnonzero(-S[i] == kth[i])
+        chosen = np.concatenate([above, tied[:k - len(above)]])
+        out[i] = chosen[np.argsort(-S[i, chosen], kind="stable")]
+    return out
 
 
 def lowered(text: str) -> tuple[str, list[int] | None]:

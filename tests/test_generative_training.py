@@ -113,11 +113,11 @@ def test_candidates_from_a_coder_without_out_of_fold_rankings_are_cross_fitted(c
     assert set(coder._oof_candidates) == {n.id for n in train}
     in_sample = {n.id: [c.code for c in p.codes[:4]] for n, p in zip(train, tfidf.predict(train))}
     for note, row in zip(train, rows):
-        assert _listed(row["prompt"]) == coder._oof_candidates[note.id]
+        assert _listed(row["prompt"]) == [c for c, _ in coder._oof_candidates[note.id]]
     # out-of-fold lists miss gold codes that the in-sample lists (fitted on the note) recover
     def recall(lists):
         return sum(len(set(n.codes) & set(lists[n.id])) for n in train) / sum(len(n.codes) for n in train)
-    assert recall(coder._oof_candidates) < recall(in_sample)
+    assert recall({k: [c for c, _ in v] for k, v in coder._oof_candidates.items()}) < recall(in_sample)
     # each held-out fold is ranked by a model that never saw it: reproduce one fold by hand
     from icdcoder.data.splits import kfold_of
 
@@ -126,7 +126,7 @@ def test_candidates_from_a_coder_without_out_of_fold_rankings_are_cross_fitted(c
     held = [n for n, f in zip(train, fold_of) if f == 0]
     ref = coder_class("tfidf")(**tfidf.params).fit(inside)
     for n, p in zip(held, ref.predict(held)):
-        assert coder._oof_candidates[n.id] == [c.code for c in p.codes[:4]]
+        assert coder._oof_candidates[n.id] == [[c.code, round(c.score, 4)] for c in p.codes[:4]]
     # a new note: the saved coder's own ranking
     assert _listed(coder.messages(test[0])) == [c.code for c in tfidf.predict([test[0]])[0].codes[:4]]
     # a prompting coder trains nothing: no cross-fitting
@@ -134,6 +134,27 @@ def test_candidates_from_a_coder_without_out_of_fold_rankings_are_cross_fitted(c
                                        prompt={**PROMPT, "candidates": 4, "candidates_from": str(tmp_path / "tfidf")})
     prompt.fit(train)
     assert prompt._oof_candidates == {}
+
+
+def test_candidate_constrained_decoding_writes_only_each_notes_candidates(corpus, tmp_path):
+    """generation.constrained: candidates - a well-formed answer made of the codes its own prompt lists."""
+    train, test = corpus
+    coder_class("tfidf")(min_df=1).fit(train).save(tmp_path / "tfidf")
+    prompt = {**PROMPT, "candidates": 3, "candidates_from": str(tmp_path / "tfidf")}
+    coder = coder_class("llm_prompt")(tiny=TINY, prompt=prompt, generation={**GEN, "constrained": "candidates"})
+    coder.fit(train)
+    preds = coder.predict(test)
+    assert coder.last_predict_stats.get("malformed", 0) == 0
+    listed = [{c for c, *_ in coder.prompt_candidates(n)} for n in test]
+    assert all({c.code for c in p.codes} <= cands for p, cands in zip(preds, listed))
+    assert any(p.codes for p in preds)
+    free = coder_class("llm_prompt")(tiny=TINY, prompt=prompt, generation=GEN)
+    free.fit(train)
+    free.predict(test)
+    assert free.last_predict_stats.get("malformed", 0) > 0  # the untrained tiny LM alone writes junk
+    with pytest.raises(Exception, match="needs prompt.candidates"):
+        coder_class("llm_prompt")(tiny=TINY, prompt=PROMPT, generation={**GEN, "constrained": "candidates"}).fit(
+            train).predict(test[:1])
 
 
 def test_phi_scans_only_a_sample_of_training_notes(corpus, tmp_path, monkeypatch):
@@ -203,5 +224,11 @@ def test_candidate_order_code_lists_candidates_like_the_answer():
     assert _listed(ranked) == ["I10", "E11.9", "A41.9"]
     assert _listed(by_code) == ["A41.9", "E11.9", "I10"]
     assert "E11.9 Type 2 diabetes" in by_code[-1]["content"]
+    scored = [("I10", "Essential hypertension", 0.934), ("A41.9", None, 0.05)]
+    shown = build_messages("a note", PromptConfig(max_note_tokens=50, candidate_scores=True), offsets,
+                           candidates=scored)[-1]["content"]
+    assert "I10 [0.93] Essential hypertension\nA41.9 [0.05]\n" in shown and "retriever score" in shown
+    hidden = build_messages("a note", PromptConfig(max_note_tokens=50), offsets, candidates=scored)[-1]["content"]
+    assert "I10 Essential hypertension\nA41.9\n" in hidden and "[0." not in hidden
     with pytest.raises(Exception, match="candidate_order must be rank or code"):
         coder_class("llm_prompt")(prompt={"candidate_order": "alphabet"})

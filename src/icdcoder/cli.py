@@ -63,6 +63,52 @@ CheckOpt = typer.Option(True, "--check-codes/--no-check-codes",
 TrustPickleOpt = typer.Option(False, "--trust-pickle", help="Read an old TF-IDF model's vectorizers.pkl (a pickle can run code when read: only for models from a source you trust; save the model again to convert it).")
 
 
+class Engine(str, Enum):
+    process = "process"
+    local = "local"
+    ray = "ray"
+
+
+class OutFormat(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+# batch options shared by `code` and `predict`
+EngineOpt = typer.Option(Engine.process, "--engine", help="process: code in this process, output one file. local or ray: a resumable batch job; INPUT may be a folder of JSONL/CSV/Parquet shards, --out is a folder of output shards with a manifest (ray: on Ray actors).")
+AddressOpt = typer.Option(None, "--address", help="--engine ray: the Ray cluster to join (ray://host:10001, or auto); default: a local Ray sized to this machine.")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="--engine ray: coder actors (default: CPUs / --num-cpus, or GPUs / --num-gpus).")
+RowsPerShardOpt = typer.Option(1000, "--rows-per-shard", min=1, help="Batch engines: input rows per shard (the unit of work and of resuming).")
+FormatOpt = typer.Option(OutFormat.jsonl, "--format", help="Batch engines: output shards as jsonl or parquet.")
+NumCpusOpt = typer.Option(1.0, "--num-cpus", min=0.0, help="--engine ray: CPUs each actor holds (its torch threads).")
+NumGpusOpt = typer.Option(0.0, "--num-gpus", min=0.0, help="--engine ray: GPUs each actor holds (1: one model replica per GPU, e.g. the vLLM back-end).")
+BatchSizeOpt = typer.Option(64, "--batch-size", min=1, help="Batch engines: notes per coder call.")
+
+
+def _run_batch(spec: Any, source: Path, out_dir: Path, engine: Engine, rows_per_shard: int, workers: Optional[int],
+               address: Optional[str], num_cpus: float, num_gpus: float) -> None:
+    """Run a batch job with a progress bar over shards; a rerun skips the shards already done."""
+    from icdcoder.batch.job import prepare_job, run_job
+    from icdcoder.progress import Progress
+
+    shards, todo = prepare_job(spec, source, out_dir, rows_per_shard)  # checked here so the bar knows the total
+    if len(todo) < len(shards):
+        console.print(f"[cyan]{len(shards) - len(todo):,} of {len(shards):,} shards already done in {out_dir}[/]")
+    bar = Progress("batch", sum(s.rows for s in todo), unit="row").start()
+    failed = True
+    try:
+        result = run_job(spec, source, out_dir, engine=engine.value, rows_per_shard=rows_per_shard, workers=workers,
+                         address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                         progress=lambda summary: bar.update(summary["rows_in"]))
+        failed = False
+    finally:
+        bar.close(failed=failed)
+    rate = (sum(s.rows for s in todo) / result.seconds) if result.seconds > 0 and todo else 0.0
+    out.print(f"{result.coded:,} notes coded, {result.errors:,} error rows, {result.shards:,} shards "
+              f"({result.skipped:,} from an earlier run) in {result.seconds:.1f} s ({rate:.1f} rows/s) -> "
+              f"{out_dir}/manifest.json")
+
+
 def _progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
     """Wrap a stream of notes with progress on stderr: a rich bar on a terminal, a plain line every
     ICDCODER_PROGRESS_INTERVAL seconds otherwise (:mod:`icdcoder.progress`)."""
@@ -469,14 +515,26 @@ def predict(
     model: Path = typer.Option(..., "--model", help="A saved coder folder (a run's model/)."),
     data: Path = typer.Option(..., "--data", help="A prepared dataset folder."),
     split: str = typer.Option("test", "--split", help="Which split to code."),
-    out_path: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL to write (atomically)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Predictions JSONL to write (atomically); with a batch --engine, a folder."),
     trust_pickle: bool = TrustPickleOpt,
+    engine: Engine = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
+    rows_per_shard: int = RowsPerShardOpt, fmt: OutFormat = FormatOpt, num_cpus: float = NumCpusOpt,
+    num_gpus: float = NumGpusOpt, batch_size: int = BatchSizeOpt,
 ) -> None:
     """Code every note of a split with a saved coder; writes the threshold beside the predictions."""
     from icdcoder.coders import Coder
-    from icdcoder.data.store import load_dataset
+    from icdcoder.data.store import load_dataset, split_file
     from icdcoder.io import write_json
     from icdcoder.prediction import write_predictions
+
+    if engine is not Engine.process:
+        from icdcoder.batch.job import JobSpec
+
+        spec = JobSpec(model=str(model), mode="predict", output_format=fmt.value, batch_size=batch_size,
+                       trust_pickle=trust_pickle)
+        _run_batch(spec, split_file(data, split), out_path, engine, rows_per_shard, workers, address, num_cpus,
+                   num_gpus)
+        return
 
     coder = Coder.load(model, trust_pickle=trust_pickle)
     notes = load_dataset(data, [split])[split]
@@ -686,10 +744,28 @@ def code(
     suggested_only: bool = typer.Option(False, "--suggested-only", help="JSONL output: keep only the suggested codes (score at or above the threshold)."),
     rules: bool = RulesOpt, billable: Billable = BillableOpt, codes_file: Optional[Path] = CodesFileOpt,
     label_space: bool = LabelSpaceOpt, to: Optional[int] = TranslateOpt, trust_pickle: bool = TrustPickleOpt,
+    engine: Engine = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
+    rows_per_shard: int = RowsPerShardOpt, fmt: OutFormat = FormatOpt, num_cpus: float = NumCpusOpt,
+    num_gpus: float = NumGpusOpt, batch_size: int = BatchSizeOpt,
 ) -> None:
-    """Code notes with a trained coder: ranked codes with descriptions, scores and evidence."""
+    """Code notes with a trained coder: ranked codes with descriptions, scores and evidence.
+
+    With --engine local or ray: a resumable batch job over a file or folder of JSONL/CSV/Parquet; bad rows
+    become error rows instead of stopping the job (see `icdcoder.batch`)."""
     from icdcoder.io import atomic_write
     from icdcoder.pipeline import CodingPipeline
+
+    if engine is not Engine.process:
+        from icdcoder.batch.job import JobSpec
+
+        if out_path is None:
+            raise typer.BadParameter("a batch --engine writes a folder: give --out")
+        rule_cfg = _rule_config(rules, billable, codes_file, label_space)
+        spec = JobSpec(model=str(model), mode="code", output_format=fmt.value, batch_size=batch_size,
+                       trust_pickle=trust_pickle, rules=rule_cfg.model_dump(mode="json"), to_version=to,
+                       limit=limit, suggested_only=suggested_only)
+        _run_batch(spec, Path(source), out_path, engine, rows_per_shard, workers, address, num_cpus, num_gpus)
+        return
 
     notes = _notes_to_code(source)
     pipeline = CodingPipeline.from_dir(model, rules=_rule_config(rules, billable, codes_file, label_space),
@@ -724,6 +800,10 @@ def _run_study(config: Path, out_dir: Optional[Path], only: Optional[list[str]])
         raise IcdcoderError(f"runs {needs_llm} need the llm extra: pip install -c constraints.txt -e '.[llm]'")
     start = time.perf_counter()
     result = run_study(cfg, only=only, log=lambda m: console.print(f"[cyan]{m}[/]"))
+    from icdcoder.distributed import is_main_process
+
+    if not is_main_process():  # the other ranks of a launcher trained along; rank 0 reports
+        return
     metrics = {}
     for name in result["runs"]:
         m = json.loads((Path(cfg.output) / name / "metrics.json").read_text(encoding="utf-8"))

@@ -37,7 +37,9 @@ from typing import Any, Callable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from icdcoder import distributed
 from icdcoder.data.note import first_error
+from icdcoder.distributed import is_main_process, main_writes_first
 from icdcoder.errors import DataError
 from icdcoder.io import atomic_write, write_json
 
@@ -138,13 +140,6 @@ def load_yaml_config(cls: type[M], path: str | Path) -> M:
         raise DataError(msg, path=path, field=loc or None) from None
 
 
-def is_main_process() -> bool:
-    """False on the extra ranks of ``accelerate launch``/``torchrun``: they train, rank 0 does the rest."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -167,9 +162,10 @@ def prepare_data(cfg: DataConfig, run_dir: Path) -> Path:
     from icdcoder.data.synth import SynthConfig, generate_synthetic
 
     out = run_dir / "data"
-    if not (out / MANIFEST).exists():
-        sc = SynthConfig(**cfg.synth)
-        write_dataset(generate_synthetic(sc), out, name=f"synthetic-seed{sc.seed}", source="synthetic")
+    with main_writes_first() as main:  # several ranks: rank 0 generates, the others read it after the barrier
+        if main and not (out / MANIFEST).exists():
+            sc = SynthConfig(**cfg.synth)
+            write_dataset(generate_synthetic(sc), out, name=f"synthetic-seed{sc.seed}", source="synthetic")
     return out
 
 
@@ -185,21 +181,29 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
     run_dir = Path(cfg.output)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    data_dir = prepare_data(cfg.data, run_dir)
-    ds = load_dataset(data_dir)
+    distributed.init()  # several ranks: the process group, before any trainer makes one with a short timeout
+    main = is_main_process()
     model_dir = run_dir / "model"
-    info: dict[str, Any] = {"config": cfg.model_dump(), "data_dir": str(data_dir.resolve())}
+    info: dict[str, Any] = {"config": cfg.model_dump()}
 
+    # every rank reads the run's state before rank 0 changes anything (the barrier in prepare_data)
     previous = json.loads((run_dir / "run.json").read_text(encoding="utf-8")) if (run_dir / "run.json").exists() else {}
     fit_keys = ("coder", "code_centric", "train_splits")  # what the fitted model depends on
     changed = bool(previous) and any(previous.get("config", {}).get(k) != info["config"][k] for k in fit_keys)
-    if changed or force:
+    if (changed or force) and main:
         # a different coder config (or --force) must not reuse the old model or the old checkpoints
         if changed:
             log(f"the coder config of {run_dir} changed since it was fitted; fitting again")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     unfinished = previous.get("status") == "fitting"  # the last fit died: model/ (if any) is an older one
-    if (model_dir / "coder.json").exists() and not (force or changed or unfinished):
+    reuse = (model_dir / "coder.json").exists() and not (force or changed or unfinished)
+    data_dir = prepare_data(cfg.data, run_dir)
+    ds = load_dataset(data_dir)
+    info["data_dir"] = str(data_dir.resolve())
+    if not main and (reuse or not getattr(coder_class(cfg.coder.name), "distributed_fit", False)):
+        distributed.barrier()  # nothing to train together: wait for rank 0 to finish this run
+        return {"metrics": {}, "info": info}
+    if reuse:
         log(f"reusing the fitted coder in {model_dir}")
         coder = Coder.load(model_dir)
         for k in ("fit_seconds", "training", "train_examples", "training_tokens", "code_centric_data",
@@ -215,7 +219,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         if "seed" in accepts:
             params.setdefault("seed", cfg.seed)
         coder = cls(**params)
-        write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
+        if main:
+            write_json(run_dir / "run.json", {**info, "status": "fitting"})  # a crash now resumes this config
         train_splits = [canonical_split(x) for x in cfg.train_splits]
         train = [n for split in train_splits for n in ds[split]]
         merged_val = "val" in train_splits
@@ -241,7 +246,8 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         if getattr(coder, "history", None):  # what each training stage did (generative coders)
             info["training"] = coder.history
         info["training_tokens"] = training_tokens(train, coder)
-        if not is_main_process():
+        if not main:  # trained together; rank 0 saves, predicts and evaluates
+            distributed.barrier()
             return {"metrics": {}, "info": info}
         coder.save(model_dir)
         write_json(run_dir / "run.json", {**info, "status": "fitted"})  # predicting may fail; the fit is kept
@@ -288,6 +294,7 @@ def run_experiment(cfg: ExperimentConfig, *, force: bool = False,
         write_json(run_dir / "metrics.json", metrics)
     info["status"] = "done"
     write_json(run_dir / "run.json", info)
+    distributed.barrier()  # the other ranks start the next run on the files written here
     return {"metrics": metrics, "info": info}
 
 

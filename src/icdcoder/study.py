@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from icdcoder.distributed import main_writes_first
 from icdcoder.experiment import (DataConfig, ExperimentConfig, is_main_process, load_yaml_config, prepare_data,
                                  run_experiment)
 from icdcoder.data.note import Note
@@ -113,9 +114,11 @@ def _shared_tiny_lm(cfg: StudyConfig, data_dir: Path, out: Path, log: Callable[[
     from icdcoder.data.store import load_dataset
 
     folder = out / "tiny-lm"
-    if not (folder / "tiny_lm.json").exists():
-        log("building the shared tiny LM (tokenizer, model, brief pre-training)")
-        build_tiny_lm(load_dataset(data_dir)["train"], folder, TinyConfig(**{"seed": cfg.seed, **cfg.tiny}), log=log)
+    with main_writes_first() as main:
+        if main and not (folder / "tiny_lm.json").exists():
+            log("building the shared tiny LM (tokenizer, model, brief pre-training)")
+            build_tiny_lm(load_dataset(data_dir)["train"], folder, TinyConfig(**{"seed": cfg.seed, **cfg.tiny}),
+                          log=log)
     return folder
 
 
@@ -154,6 +157,8 @@ def run_study(cfg: StudyConfig, *, only: list[str] | None = None, log: Callable[
     from icdcoder.evaluation.protocol import load_gold
     from icdcoder.progress import Progress
 
+    if not is_main_process():  # the other ranks of a launcher train in step with rank 0 and stay quiet
+        log = lambda m: None  # noqa: E731
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(cfg.data, out)

@@ -49,6 +49,7 @@ import numpy as np
 
 from icdcoder.coders.base import HF_FOLDER_FILES, Coder, register
 from icdcoder.data.note import Note
+from icdcoder import distributed
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import atomic_write, write_json
 from icdcoder.prediction import Evidence, Prediction
@@ -224,6 +225,7 @@ class PlmIcdCoder(Coder):
     docstring)."""
 
     state_files = (STATE_FILE, HEAD_FILE, *(f"{ENCODER_DIR}/{name}" for name in HF_FOLDER_FILES))
+    distributed_fit = True  # under a launcher every rank trains a share of each batch (DDP; icdcoder.distributed)
 
     def __init__(self, encoder: str | None = None, segment_length: int = 128, max_segments: int = 4,
                  attention_size: int | None = None, epochs: int = 3, batch_size: int = 8, eval_batch_size: int = 16,
@@ -366,6 +368,8 @@ class PlmIcdCoder(Coder):
         opt = torch.optim.AdamW([{"params": enc, "lr": p["lr"]}, {"params": head, "lr": head_lr}],
                                 weight_decay=p["weight_decay"])
         n_batches = math.ceil(len(train) / p["batch_size"])
+        if distributed.world_size() > 1:  # each process takes its share of the batches (_train_epoch)
+            n_batches = max(1, n_batches // distributed.world_size())
         per_epoch = math.ceil(n_batches / p["grad_accum"])  # optimiser steps
         total = max(1, per_epoch * p["epochs"])
         warm = int(round(p["warmup"] * total))
@@ -399,22 +403,30 @@ class PlmIcdCoder(Coder):
         del state
 
         early = p["patience"] is not None and bool(val)
+        main = distributed.is_main_process()
+        runner = model
+        if distributed.is_distributed():  # accelerate launch / torchrun: each rank takes its share of every batch
+            distributed.init()
+            runner = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
         with Progress("plm_icd fit", total, unit="step", initial=min(start * per_epoch, total),
-                      enabled=p["progress"]) as bar:
+                      enabled=p["progress"] and main) as bar:
             for epoch in range(start, p["epochs"]):
                 if done:
                     break
                 t0 = time.perf_counter()
-                loss = self._train_epoch(model, opt, sched, scaler, gen, train_segs, Y, device, amp_dtype, epoch,
+                loss = self._train_epoch(runner, opt, sched, scaler, gen, train_segs, Y, device, amp_dtype, epoch,
                                          bar)
                 rec: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
+                if distributed.is_distributed():
+                    rec["processes"] = distributed.world_size()
                 if early:
                     val_probs = self._scores(val_segs, device, amp_dtype, "plm_icd val")
                     rec["val_micro_f1"] = self._tuned(val, val_probs).val_micro_f1 or 0.0
                     if rec["val_micro_f1"] > best["f1"]:
                         best = {"f1": rec["val_micro_f1"], "epoch": epoch + 1, "bad": 0}
                         best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                        if ckpt_dir is not None:
+                        if ckpt_dir is not None and main:
                             self._write_checkpoint(ckpt_dir, BEST_FILE, {"model": best_weights})
                     else:
                         best["bad"] += 1
@@ -422,7 +434,7 @@ class PlmIcdCoder(Coder):
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
                 self.history.append(rec)
                 log.info("plm_icd: %s", rec)
-                if ckpt_dir is not None:
+                if ckpt_dir is not None and main:  # one writer; the ranks hold the same weights
                     self._write_checkpoint(ckpt_dir, CHECKPOINT_FILE, {
                         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "scaler": scaler.state_dict(), "epoch": epoch + 1, "done": done, "history": self.history,
@@ -447,8 +459,15 @@ class PlmIcdCoder(Coder):
 
         p = self.params
         model.train()
-        perm = torch.randperm(len(segs), generator=gen).tolist()
+        perm = torch.randperm(len(segs), generator=gen).tolist()  # the same order on every rank (same seed)
         batches = [perm[i:i + p["batch_size"]] for i in range(0, len(perm), p["batch_size"])]
+        world = distributed.world_size()
+        if world > 1:  # batch_size is per process (as in transformers): rank r takes every world-th batch, all
+            usable = len(batches) // world * world  # ranks the same number (DDP averages gradients each step)
+            if not usable:
+                raise IcdcoderError(f"{len(segs)} training notes make fewer batches of {p['batch_size']} than the "
+                                    f"{world} processes")
+            batches = batches[:usable][distributed.rank()::world]
         acc = p["grad_accum"]
         opt.zero_grad(set_to_none=True)
         total, seen = 0.0, 0

@@ -234,6 +234,16 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def split_file(data_dir: str | Path, split: str) -> Path:
+    """The file holding one split of a prepared folder."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    split = canonical_split(split)
+    if split not in manifest["splits"]:
+        raise DataError(f"no split {split!r} (has {sorted(manifest['splits'])})", path=data_dir / MANIFEST)
+    return data_dir / manifest["splits"][split]["file"]
+
+
 def load_dataset(data_dir: str | Path, splits: Iterable[str] | None = None) -> Dataset:
     """Load a prepared folder (or its chosen splits) into memory."""
     data_dir = Path(data_dir)

@@ -88,6 +88,15 @@ def iter_user_notes(path: str | Path, *, split: str | None = "test", split_field
         raise DataError("no notes in file", path=path)
 
 
+def parse_note_record(rec: dict[str, Any], path: str | Path, lineno: int, *, id_field: str = "id",
+                      text_field: str = "text", codes_field: str = "codes", system: str | CodeSystem | None = None,
+                      codes_sep: str = ";", resolver: CodeResolver | None = None) -> Note:
+    """One record (a JSON object or a CSV row as a dict) as a Note; DataError names the file, line and
+    field of what is wrong. Batch jobs call it row by row and turn the error into an error row."""
+    return _note(rec, Path(path), lineno, id_field, text_field, codes_field,
+                 parse_system(system) if system is not None else None, codes_sep, resolver or CodeResolver())
+
+
 def _note(rec: dict[str, Any], path: Path, lineno: int, id_field: str, text_field: str, codes_field: str,
           default_system: CodeSystem | None, sep: str, resolver: CodeResolver) -> Note:
     def err(msg: str, field: str) -> DataError:

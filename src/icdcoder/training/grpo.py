@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from icdcoder.distributed import world_size
 from icdcoder.progress import hf_bars_off_terminal
 from icdcoder.training.trl_common import TrainSettings, base_args, prepare_weights, train
 
 
 @dataclass
 class GRPOSettings(TrainSettings):
-    """GRPO-specific knobs on top of the shared ones. ``batch_size`` counts completions per step and
+    """GRPO-specific knobs on top of the shared ones. ``batch_size`` counts completions per step (per process) and
     must be a multiple of ``num_generations``."""
 
     num_generations: int = 4
@@ -43,7 +44,9 @@ def run_grpo(model, tokenizer, rows: Sequence[dict[str, Any]], settings: GRPOSet
     args.update({k: v for k, v in dict(
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         temperature=settings.temperature, top_p=settings.top_p, beta=settings.beta,
-        reward_weights=list(reward_weights), generation_batch_size=settings.batch_size,
+        # batch_size counts completions per process and step (as per_device_train_batch_size does): under a
+        # launcher each of N processes generates and trains on its own batch_size
+        reward_weights=list(reward_weights), generation_batch_size=settings.batch_size * world_size(),
     ).items() if k not in settings.trainer_args})
     weights = prepare_weights(model, settings)
     with hf_bars_off_terminal():

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from icdcoder.coders.base import register
 from icdcoder.coders.generative.coder import GenerativeCoder
 from icdcoder.data.note import Note
+from icdcoder.distributed import main_writes_first
 from icdcoder.errors import IcdcoderError
 from icdcoder.io import write_json
 from icdcoder.progress import hf_bars_off_terminal
@@ -85,6 +86,7 @@ class _Staged(GenerativeCoder):
 
     stages: tuple[str, ...] = ()
     trains_lm = True
+    distributed_fit = True  # under a launcher every rank trains (TRL's DDP); see icdcoder.distributed
 
     def fit(self, train: Sequence[Note], val: Sequence[Note] | None = None) -> "_Staged":
         self._prepare(train)
@@ -100,14 +102,16 @@ class _Staged(GenerativeCoder):
             start = time.perf_counter()
             info = getattr(self, f"_{stage}")(train, self._work_dir() / stage)
             model, tok = self.lm()
-            with hf_bars_off_terminal():
-                model.save_pretrained(final)
-            tok.save_pretrained(final)
-            self.lm_path, self.owns_lm = str(final), True
             self.history.append({"stage": stage, "seconds": round(time.perf_counter() - start, 2), **info})
-            write_json(record, self.history[-1])
-            if not self._settings_of(stage).keep_checkpoints:
-                prune_checkpoints(self._work_dir() / stage)
+            with main_writes_first() as main:  # several ranks hold the same weights after training: rank 0 saves
+                if main:
+                    with hf_bars_off_terminal():
+                        model.save_pretrained(final)
+                    tok.save_pretrained(final)
+                    write_json(record, self.history[-1])
+                    if not self._settings_of(stage).keep_checkpoints:
+                        prune_checkpoints(self._work_dir() / stage)
+            self.lm_path, self.owns_lm = str(final), True
         return self
 
     def _settings_of(self, stage: str) -> TrainSettings:

@@ -265,4 +265,4 @@ def train(trainer, settings: TrainSettings, output_dir: str | Path, n_examples: 
     for p in model.parameters():  # frozen layers (train_layers) are frozen for this run only
         p.requires_grad_(True)
     return model, {"global_step": trainer.state.global_step, "log": logs[-20:], "resumed_from": resume,
-                   "examples": n_examples}
+                   "examples": n_examples, "processes": trainer.args.world_size}

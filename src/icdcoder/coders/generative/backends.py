@@ -108,7 +108,8 @@ class HFBackend(Backend):
     """Batched generation with transformers (KV cache, left padding, notes sorted by length).
 
     ``model`` is an id, a path or a loaded model (then give ``tokenizer``). ``logits_processor``
-    is a factory ``(prompt_length) -> LogitsProcessorList`` (constrained decoding) or None.
+    is a factory ``(prompt_length, rows) -> LogitsProcessorList`` (constrained decoding) or None;
+    ``rows`` is what ``generate`` was given as ``allowed`` for each row of the batch, or None.
     """
 
     def __init__(self, model, tokenizer=None, *, adapter: str | Path | None = None, batch_size: int = 16,
@@ -136,7 +137,9 @@ class HFBackend(Backend):
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[list[str]]:
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling,
+                 allowed: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
+        """``allowed``: per prompt, the codes its answer may use (with a constrained ``logits_processor``)."""
         import torch
 
         from icdcoder.progress import Progress
@@ -165,7 +168,8 @@ class HFBackend(Backend):
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 if self.logits_processor is not None:
-                    kwargs["logits_processor"] = self.logits_processor(width)
+                    rows = None if allowed is None else [allowed[i] for i in idx for _ in range(sampling.n)]
+                    kwargs["logits_processor"] = self.logits_processor(width, rows)
                 with torch.inference_mode():
                     gen = self.model.generate(**enc, **kwargs)
                 new = gen[:, width:]

@@ -13,7 +13,8 @@ in ``fit``. Parameters (all saved in ``coder.json``)::
     tiny: {...}                  # TinyConfig, when model is tiny
     prompt: {...}                # PromptConfig: budgets, few_shot, candidates
     generation: {max_new_tokens: 96, batch_size: 16, backend: hf|vllm|openai, base_url, api_model,
-                 constrained: false, num_samples: 1, temperature: 0.0}
+                 constrained: false,  # true: label-space codes only; candidates: the prompt's candidates only
+                 num_samples: 1, temperature: 0.0}
     valid_codes: ontology        # which parsed codes are kept: ontology | label_space | any
     evidence: {drop_unsupported: false, min_score: 85}   # evidence-grounded answers (see below)
 
@@ -47,6 +48,14 @@ GEN_DEFAULTS: dict[str, Any] = {"max_new_tokens": 96, "batch_size": 16, "backend
                                 "api_model": None, "constrained": False, "num_samples": 1, "temperature": 0.0,
                                 "dtype": None}
 EVIDENCE_DEFAULTS: dict[str, Any] = {"drop_unsupported": False, "min_score": 85.0}
+
+
+def _scored(item) -> tuple[str, float | None]:
+    """A stored candidate: ``[code, score]``, or a bare code from folders written before scores were kept."""
+    if isinstance(item, str):
+        return item, None
+    code, score = item
+    return str(code), (None if score is None else float(score))
 
 
 @register("llm_prompt")
@@ -94,7 +103,8 @@ class GenerativeCoder(Coder):
         self._backend = None
         self._lm = None  # (model, tokenizer) in memory after training
         self._candidate_coder: Coder | None = None  # prompt.candidates_from, loaded on first use
-        self._oof_candidates: dict[str, list[str]] = {}  # training note id -> cross-fitted ranking (this fit)
+        # training note id -> cross-fitted ranking (this fit): [code, score] pairs, best first
+        self._oof_candidates: dict[str, list[list]] = {}
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -163,7 +173,8 @@ class GenerativeCoder(Coder):
             held = [n for n, f in zip(docs, fold_of) if f == k]
             model = type(ranker)(**ranker.params).fit(inside, None)
             for n, pred in zip(held, model.predict(held)):
-                self._oof_candidates[n.id] = [c.code for c in pred.codes[: self.prompt_cfg.candidates]]
+                self._oof_candidates[n.id] = [[c.code, round(float(c.score), 4)]
+                                              for c in pred.codes[: self.prompt_cfg.candidates]]
         self._log(f"candidates: out-of-fold rankings of {len(docs):,} training notes by {ranker.name} "
                   f"({self.CANDIDATE_FOLDS} folds, {time.perf_counter() - start:.0f} s)")
 
@@ -184,6 +195,10 @@ class GenerativeCoder(Coder):
     def _log(self, msg: str) -> None:
         from rich.console import Console
 
+        from icdcoder.distributed import is_main_process
+
+        if not is_main_process():
+            return
         Console(stderr=True).print(f"[cyan]{self.name}[/]: {msg}")
 
     # ------------------------------------------------------------------ the LM
@@ -208,11 +223,20 @@ class GenerativeCoder(Coder):
                 if self.gen["constrained"]:
                     from transformers import LogitsProcessorList
 
-                    from icdcoder.coders.generative.constrained import constrained_processor
+                    from icdcoder.coders.generative.constrained import CodeGrammar, constrained_processor
 
-                    # vocabulary tables are built once; each batch only sets its prompt width
+                    # vocabulary tables are built once; each batch only sets its prompt width (and, for
+                    # "candidates", each row's grammar over its note's candidate codes)
                     proc = constrained_processor(tok, sorted(self.label_space), 0)[0]
-                    factory = lambda width: LogitsProcessorList([proc.with_prompt_length(width)])  # noqa: E731
+                    if self._constrain_to_candidates():
+                        grammars: dict[tuple[str, ...], CodeGrammar] = {}
+
+                        def factory(width, rows):
+                            per_row = [grammars.setdefault(tuple(r), CodeGrammar(r)) for r in rows]
+                            return LogitsProcessorList([proc.for_rows(width, per_row)])
+                    else:
+                        factory = lambda width, rows=None: LogitsProcessorList(  # noqa: E731
+                            [proc.with_prompt_length(width)])
                 self._backend = HFBackend(model, tok, batch_size=self.gen["batch_size"], logits_processor=factory)
             elif kind == "vllm":
                 from icdcoder.coders.generative.vllm_backend import VLLMBackend
@@ -236,28 +260,51 @@ class GenerativeCoder(Coder):
         return self._backend
 
     # ------------------------------------------------------------------ prompts and answers
-    def messages(self, note: Note, hint: Sequence[str] = (), exclude_self: bool = False) -> Messages:
-        """The prompt for ``note``; ``hint`` codes (PHI training only) are named with descriptions."""
+    def _constrain_to_candidates(self) -> bool:
+        mode = self.gen["constrained"]
+        if mode not in (False, True, "candidates"):
+            raise IcdcoderError(f"generation.constrained must be false, true (the label space) or candidates, "
+                                f"not {mode!r}")
+        if mode == "candidates" and not self.prompt_cfg.candidates:
+            raise IcdcoderError("generation.constrained: candidates needs prompt.candidates > 0")
+        return mode == "candidates"
+
+    def prompt_candidates(self, note: Note, exclude_self: bool = False) -> list[tuple]:
+        """The candidate codes the prompt of ``note`` lists: (code, description[, score]) tuples."""
         from icdcoder.ontology import get_ontology
 
-        cfg, examples, candidates = self.prompt_cfg, [], []
+        cfg = self.prompt_cfg
+        if not cfg.candidates:
+            return []
+        onto = get_ontology()
+        if cfg.candidates_from:
+            return [(c, onto.describe(c, code_system(cfg.system)), score) for c, score in
+                    self._ranked_candidates(note, exclude_self)]
+        if self._pool is not None:
+            return [(c, onto.describe(c, code_system(cfg.system))) for c in
+                    self._pool.candidates(note.text, cfg.candidates, exclude=note.text if exclude_self else None)]
+        return []
+
+    def messages(self, note: Note, hint: Sequence[str] = (), exclude_self: bool = False,
+                 candidates: Sequence[tuple] | None = None) -> Messages:
+        """The prompt for ``note``; ``hint`` codes (PHI training only) are named with descriptions;
+        ``candidates`` (from :meth:`prompt_candidates`) saves ranking the note again."""
+        from icdcoder.ontology import get_ontology
+
+        cfg, examples = self.prompt_cfg, []
         exclude = note.text if exclude_self else None
         if self._pool is not None and cfg.few_shot:
             examples = [(self._pool.texts[i], self._pool.codes[i]) for i in
                         self._pool.nearest(note.text, cfg.few_shot, exclude)]
-        onto = get_ontology() if (cfg.candidates or hint) else None
-        if cfg.candidates and cfg.candidates_from:
-            candidates = [(c, onto.describe(c, code_system(cfg.system))) for c in
-                          self._ranked_candidates(note, exclude_self)]
-        elif self._pool is not None and cfg.candidates:
-            candidates = [(c, onto.describe(c, code_system(cfg.system))) for c in
-                          self._pool.candidates(note.text, cfg.candidates, exclude=exclude)]
+        if candidates is None:
+            candidates = self.prompt_candidates(note, exclude_self)
+        onto = get_ontology() if hint else None
         hints = [(c, onto.describe(c, code_system(cfg.system))) for c in hint] if hint else []
         return build_messages(note.text, cfg, self.backend().token_offsets, examples=examples,
                               candidates=candidates, hint=hints)
 
-    def _ranked_candidates(self, note: Note, training: bool) -> list[str]:
-        """The first ``candidates`` codes of the ``candidates_from`` coder's ranking. For a training
+    def _ranked_candidates(self, note: Note, training: bool) -> list[tuple[str, float | None]]:
+        """The first ``candidates`` (code, score) pairs of the ``candidates_from`` coder's ranking. For a training
         note an out-of-fold ranking is used: the coder's own when it kept one (a reranker does), else
         the one cross-fitted at ``fit``. A ranking by a model fitted on the note would list its gold
         codes first, and the LM would learn to copy a list that is never that good on new notes."""
@@ -265,12 +312,12 @@ class GenerativeCoder(Coder):
         ranker = self._candidates_coder()
         if training:
             if note.id in self._oof_candidates:
-                return self._oof_candidates[note.id][: cfg.candidates]
+                return [_scored(c) for c in self._oof_candidates[note.id][: cfg.candidates]]
             oof = getattr(ranker, "out_of_fold", {}) or {}
             if note.id in oof:
-                return [c for c, _ in oof[note.id]][: cfg.candidates]
+                return [(c, float(s)) for c, s in oof[note.id]][: cfg.candidates]
         pred = ranker.predict([note])[0]
-        return [c.code for c in pred.codes[: cfg.candidates]]
+        return [(c.code, float(c.score)) for c in pred.codes[: cfg.candidates]]
 
     def answer(self, note: Note) -> Messages:
         """The target completion for SFT: the gold code set in the answer format (with evidence mode,
@@ -295,8 +342,13 @@ class GenerativeCoder(Coder):
                          exclude_self: bool = False) -> tuple[list[list[ParsedAnswer]], dict[str, Any]]:
         """Each sampled answer per note, parsed, plus parse statistics."""
         sampling = sampling or self.sampling()
-        prompts = [self.messages(n, exclude_self=exclude_self) for n in notes]
-        texts = self.backend().generate(prompts, sampling)
+        if self._constrain_to_candidates():  # each answer may use only the codes its prompt lists
+            cands = [self.prompt_candidates(n, exclude_self) for n in notes]
+            prompts = [self.messages(n, exclude_self=exclude_self, candidates=c) for n, c in zip(notes, cands)]
+            texts = self.backend().generate(prompts, sampling, allowed=[[c[0] for c in cs] for cs in cands])
+        else:
+            prompts = [self.messages(n, exclude_self=exclude_self) for n in notes]
+            texts = self.backend().generate(prompts, sampling)
         valid, stats = self.validity(), Counter()
         parsed = []
         for outs in texts:
@@ -400,7 +452,8 @@ class GenerativeCoder(Coder):
         self.label_space = {k: int(v) for k, v in state["label_space"].items()}
         self.history = state.get("history", [])
         self.owns_lm = state["lm"] == "lm"
-        self._oof_candidates = {k: list(v) for k, v in state.get("oof_candidates", {}).items()}
+        # older folders kept codes only: their scores are unknown (None)
+        self._oof_candidates = {k: [list(_scored(c)) for c in v] for k, v in state.get("oof_candidates", {}).items()}
         if (folder / "pool.jsonl").exists():
             rows = list(iter_jsonl(folder / "pool.jsonl"))
             self._pool = Retriever([r["text"] for _, r in rows], [r["codes"] for _, r in rows])

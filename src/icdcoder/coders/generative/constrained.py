@@ -215,51 +215,68 @@ class CodeConstraintProcessor(LogitsProcessor):
         self._ids = [i for _, i in ranked]
         self._eos_set = set(self.eos_ids)
         self._eos_tensor = torch.tensor(self.eos_ids, dtype=torch.long)
-        self._row_states: dict[tuple[int, ...], State] = {}
-        self._allowed_cache: dict[State, torch.Tensor] = {}
+        self._rows: list[CodeGrammar] | None = None  # one grammar per batch row (for_rows), else self.grammar
+        self._row_states: dict[tuple[int, tuple[int, ...]], State] = {}
+        self._allowed_cache: dict[tuple[frozenset, State], torch.Tensor] = {}
 
     def with_prompt_length(self, prompt_length: int) -> "CodeConstraintProcessor":
         """The same constraint for another batch: shares the vocabulary tables (costly to build)."""
         other = copy.copy(self)
         other.prompt_length = prompt_length
         other._row_states = {}
+        other._rows = None
         return other
+
+    def for_rows(self, prompt_length: int, grammars: Sequence[CodeGrammar]) -> "CodeConstraintProcessor":
+        """A batch whose rows each have their own grammar (e.g. each note's candidate codes); the
+        vocabulary tables are shared."""
+        other = self.with_prompt_length(prompt_length)
+        other._rows = list(grammars)
+        return other
+
+    def _grammar(self, row: int) -> CodeGrammar:
+        return self._rows[row] if self._rows is not None else self.grammar
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_length:].tolist()
+        if self._rows is not None and len(self._rows) != len(generated):
+            raise ValueError(f"{len(self._rows)} row grammars for a batch of {len(generated)} rows")
         masked = torch.full_like(scores, float("-inf"))
-        states: dict[tuple[int, ...], State] = {}
+        states: dict[tuple[int, tuple[int, ...]], State] = {}
         for row, ids in enumerate(generated):
-            key = tuple(ids)
+            key = (row, tuple(ids))
             keep = self._eos_tensor
-            if not self._eos_set.intersection(key):
-                state = self._state(key)
+            if not self._eos_set.intersection(key[1]):
+                grammar = self._grammar(row)
+                state = self._state(grammar, key)
                 states[key] = state
-                if state and not self.grammar.is_complete(state):
-                    keep = self._allowed(state)
+                if state and not grammar.is_complete(state):
+                    keep = self._allowed(grammar, state)
             keep = keep[keep < scores.shape[1]].to(scores.device)
             masked[row, keep] = scores[row, keep]
         self._row_states = states  # next step's rows extend these by one token
         return masked
 
-    def _state(self, key: tuple[int, ...]) -> State:
-        parent = self._row_states.get(key[:-1]) if key else None
+    def _state(self, grammar: CodeGrammar, key: tuple[int, tuple[int, ...]]) -> State:
+        row, ids = key
+        parent = self._row_states.get((row, ids[:-1])) if ids else None
         if parent is not None:
-            return self.grammar.advance(parent, self._surface(key[-1]))
-        text = "".join(self._surface(i) for i in key)
-        return self.grammar.advance(self.grammar.start(), text)
+            return grammar.advance(parent, self._surface(ids[-1]))
+        text = "".join(self._surface(i) for i in ids)
+        return grammar.advance(grammar.start(), text)
 
     def _surface(self, token_id: int) -> str:
         # An id without text (special, or beyond the tokenizer) cannot be part of an answer.
         text = self.surfaces[token_id] if token_id < len(self.surfaces) else ""
         return text or "\x00"
 
-    def _allowed(self, state: State) -> torch.Tensor:
-        cached = self._allowed_cache.get(state)
+    def _allowed(self, grammar: CodeGrammar, state: State) -> torch.Tensor:
+        cache_key = (grammar.codes, state)  # grammars differ only in their codes (frozensets cache their hash)
+        cached = self._allowed_cache.get(cache_key)
         if cached is not None:
             return cached
         found: list[int] = []
-        keys, advance = self._keys, self.grammar.advance
+        keys, advance = self._keys, grammar.advance
         # Depth-first over text prefixes; [lo, hi) are the tokens whose text starts with ``prefix``
         # and ``st`` is the grammar state after ``prefix``. Small ranges are checked token by token.
         stack = [("", state, 0, len(keys))]
@@ -271,7 +288,7 @@ class CodeConstraintProcessor(LogitsProcessor):
             while prefix and lo < hi and keys[lo] == prefix:
                 found.append(self._ids[lo])
                 lo += 1
-            for ch in self.grammar.next_chars(st):
+            for ch in grammar.next_chars(st):
                 a = bisect_left(keys, prefix + ch, lo, hi)
                 b = bisect_left(keys, prefix + chr(ord(ch) + 1), a, hi)
                 if a < b:
@@ -281,7 +298,7 @@ class CodeConstraintProcessor(LogitsProcessor):
         if len(self._allowed_cache) >= self._MAX_CACHED_STATES:
             self._allowed_cache.clear()
         result = torch.tensor(sorted(found) or self.eos_ids, dtype=torch.long)
-        self._allowed_cache[state] = result
+        self._allowed_cache[cache_key] = result
         return result
 
 

@@ -46,6 +46,8 @@ class PromptConfig:
     candidates_from: str | None = None  # ... or from this saved coder's ranking (e.g. a rerank model folder)
     candidate_order: str = "rank"     # rank: as ranked; code: sorted like the answer, so that writing the
     #                                   answer is one pass down the list (easier for a small LM to learn)
+    candidate_scores: bool = False    # show the ranker's score beside each candidate ("[0.93]"): how sure
+    #                                   the retriever is, which a small LM can learn to weigh against the note
     instruction: str | None = None    # overrides INSTRUCTION
     evidence: bool = False            # evidence-grounded answers: each code with a quote of the note
 
@@ -64,11 +66,18 @@ def hint_block(hint: Sequence[tuple[str, str | None]]) -> str:
     return f"Training hint - this note also documents: {items}."
 
 
+def candidate_line(code: str, description: str | None, score: float | None = None, show_score: bool = False) -> str:
+    """One line of the candidate list: ``I10 [0.93] Essential (primary) hypertension``."""
+    shown = f" [{score:.2f}]" if show_score and score is not None else ""
+    return f"{code}{shown} {description or ''}".rstrip()
+
+
 def build_messages(text: str, cfg: PromptConfig, offsets: Offsets, *,
                    examples: Sequence[tuple[str, Sequence[str]]] = (),
-                   candidates: Sequence[tuple[str, str | None]] = (),
+                   candidates: Sequence[tuple] = (),
                    hint: Sequence[tuple[str, str | None]] = ()) -> Messages:
-    """System instruction, then few-shot turns (user note / assistant answer), then the note."""
+    """System instruction, then few-shot turns (user note / assistant answer), then the note.
+    ``candidates`` are (code, description) or (code, description, score) tuples."""
     name = SYSTEM_NAMES.get(cfg.system, cfg.system)
     default = EVIDENCE_INSTRUCTION if cfg.evidence else INSTRUCTION
     msgs: Messages = [{"role": "system", "content": (cfg.instruction or default).format(name=name)}]
@@ -80,7 +89,9 @@ def build_messages(text: str, cfg: PromptConfig, offsets: Offsets, *,
     if candidates and cfg.candidate_order == "code":
         candidates = sorted(candidates, key=lambda cd: cd[0])
     if candidates:
-        parts.append("Candidate codes:\n" + "\n".join(f"{c} {d or ''}".rstrip() for c, d in candidates))
+        header = "Candidate codes [retriever score]:" if cfg.candidate_scores else "Candidate codes:"
+        parts.append(header + "\n" + "\n".join(candidate_line(*cd, show_score=cfg.candidate_scores)
+                                                      for cd in candidates))
     if hint:
         parts.append(hint_block(hint))
     parts.append("Note:\n" + cut(text, cfg.max_note_tokens, offsets, cfg.head_fraction))

@@ -254,7 +254,8 @@ def test_killed_ray_job_finishes_on_rerun_without_duplicates(tiny_model_dir, not
         proc.wait()
     # Ray's own processes (raylet, the actor) live outside the killed group: stop them before counting,
     # or the actor can finish one more shard in between
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    stop = subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, text=True)
+    assert stop.returncode == 0, stop.stderr
     done_before = len(list((out / "done").glob("*.json")))
     assert 2 <= done_before < 16 and not (out / "manifest.json").exists()
     result = runner.invoke(app, ["code", "--engine", "ray", "--workers", "2", "--model", str(tiny_model_dir),

@@ -262,12 +262,14 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results-{stamp}.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{'cell':10} {'system':14} {'fit s':>8} {'predict s':>9} {'RSS MB':>7} {'micro F1':>8} {'P@8':>6}")
+    print(f"\n{'cell':10} {'system':14} {'fit s':>8} {'predict s':>9} {'RSS MB':>7} {'micro F1':>8} {'P@8':>6} "
+          f"{'coder notes/s':>13}")
     for s in results:
         for system in args.systems:
             m = s[system]
+            e2e = m.get("coder_predict_notes_per_s")  # icdcoder's whole predict, text to codes and evidence
             print(f"{s['cell']:10} {system:14} {m['fit_s']:8.2f} {m['predict_s']:9.3f} {m['peak_rss_mb']:7.0f} "
-                  f"{m['micro_f1']:8.4f} {m['p@8']:6.4f}")
+                  f"{m['micro_f1']:8.4f} {m['p@8']:6.4f} {e2e if e2e is not None else '-':>13}")
         if "fit_ratio_libmultilabel_over_icdcoder" in s:
             print(f"{s['cell']:10} {'ratio LML/icd':14} {s['fit_ratio_libmultilabel_over_icdcoder']:8.2f} "
                   f"{s['predict_ratio_libmultilabel_over_icdcoder']:9.2f}")

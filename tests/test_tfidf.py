@@ -138,3 +138,52 @@ def test_top_k_is_a_stable_argsorts_first_k(data):
                  dtype=np.float32).reshape(rows, cols)
     k = data.draw(st.integers(1, cols))
     assert (top_k(S, k) == np.argsort(-S, axis=1, kind="stable")[:, :k]).all()
+
+
+@pytest.fixture(scope="module")
+def svm_coder(small_synth):
+    return TfidfCoder(word_ngrams=(1, 2), classifier="svm", C=1.0).fit(small_synth["train"], small_synth["val"])
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 20])
+def test_top_supported_codes_on_dense_weights_are_the_full_support_answer(svm_coder, small_synth, k):
+    """The dense-weight path checks only each note's 4k most probable codes (and the whole row when
+    fewer than k of them are raised): it must pick what scoring every (note, code) pair picks."""
+    from icdcoder.coders.tfidf import top_k
+
+    coder = svm_coder
+    few = " ".join(small_synth["train"][0].text.split()[:3])  # a note that raises few codes
+    notes = small_synth["test"] + [Note(id="few", text=few), Note(id="none", text="lorem ipsum")]
+    X = coder._features([n.text for n in notes])
+    P = coder._probabilities(coder._margins(X))
+    supported = coder._support(X)
+    expected = [row[supported[i, row]] for i, row in enumerate(top_k(np.where(supported, P, -1.0), k))]
+    assert 4 * k < len(coder.codes) and any(len(e) < k for e in expected)  # both paths are taken
+    coder._WT, coder._WT_of = np.ascontiguousarray(coder.W.T.toarray()), coder.W  # dense, whatever the density
+    try:
+        got = coder._top_supported(X, P, k)
+    finally:
+        coder._WT_of = None
+    assert [g.tolist() for g in got] == [e.tolist() for e in expected]
+
+
+def test_scores_do_not_depend_on_the_number_of_threads(tiny_model_dir, small_synth, monkeypatch):
+    """Row blocks scored on threads give the single thread's margins bit for bit."""
+    import concurrent.futures
+
+    coder = Coder.load(tiny_model_dir)
+    X = coder._features([n.text for n in (small_synth["train"] * 2)[:300]])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = coder._margins(X)
+    pools = []
+
+    class Counting(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, n, *a, **kw):
+            pools.append(n)
+            super().__init__(n, *a, **kw)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Counting)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    three = coder._margins(X)
+    assert pools == [3] and one.shape == (300, len(coder.codes))
+    assert np.array_equal(one, three)

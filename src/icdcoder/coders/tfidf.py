@@ -390,10 +390,12 @@ class TfidfCoder(Coder):
 
 
 def scoring_matrix(W: sp.csr_matrix) -> sp.csr_matrix | np.ndarray:
-    """``W.T`` for scoring: dense when that takes no more memory than sparse (half the weights or more
-    non-zero, as an SVM's often are), because a sparse matrix times a dense one is several times
-    faster than a product of two sparse ones."""
-    if 8 * W.nnz >= 4 * W.shape[0] * W.shape[1]:
+    """``W.T`` for scoring: dense when a third of the weights or more are non-zero (as an SVM's often
+    are), i.e. when dense float32 takes at most 1.5 times the memory of the sparse form (4 bytes a
+    cell against 8 a weight), because a sparse matrix times a dense one is several times faster than
+    a product of two sparse ones, and the dense form lets prediction check support on few codes
+    (7,270 codes with 57% non-zero weights: 510 notes/s dense, 230 sparse, on a busy 2-core machine)."""
+    if 3 * W.nnz >= W.shape[0] * W.shape[1]:
         return np.ascontiguousarray(W.T.toarray(), dtype=np.float32)
     return W.T.tocsr()
 

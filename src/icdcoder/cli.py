@@ -99,7 +99,7 @@ def _run_batch(spec: Any, source: Path, out_dir: Path, engine: Engine, rows_per_
     try:
         result = run_job(spec, source, out_dir, engine=engine.value, rows_per_shard=rows_per_shard, workers=workers,
                          address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                         progress=lambda summary: bar.update(summary["rows_in"]))
+                         progress=lambda summary: bar.update(summary["rows_in"]), planned=(shards, todo))
         failed = False
     finally:
         bar.close(failed=failed)

@@ -31,8 +31,8 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from icdcoder.distributed import main_writes_first
-from icdcoder.experiment import (DataConfig, ExperimentConfig, is_main_process, load_yaml_config, prepare_data,
+from icdcoder.distributed import is_main_process, main_writes_first
+from icdcoder.experiment import (DataConfig, ExperimentConfig, load_yaml_config, prepare_data,
                                  run_experiment)
 from icdcoder.data.note import Note
 from icdcoder.io import write_json

@@ -215,11 +215,14 @@ def write_manifest(out: Path, spec: JobSpec, shards: list[Shard], engine: str, w
 
 def run_job(spec: JobSpec, source: str | Path, out: str | Path, *, engine: str = "local", rows_per_shard: int = 1000,
             workers: int | None = None, address: str | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0,
-            progress: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
-    """Code every row of ``source`` into ``out`` (see the module docstring); resumes a killed job."""
+            progress: Callable[[dict[str, Any]], None] | None = None,
+            planned: tuple[list[Shard], list[Shard]] | None = None) -> JobResult:
+    """Code every row of ``source`` into ``out`` (see the module docstring); resumes a killed job.
+    ``planned``: what :func:`prepare_job` returned for these arguments, when the caller already ran it
+    (planning reads every input file through)."""
     out = Path(out)
     start = time.perf_counter()
-    shards, todo = prepare_job(spec, source, out, rows_per_shard)
+    shards, todo = planned if planned is not None else prepare_job(spec, source, out, rows_per_shard)
     if engine == "local":
         summaries: Iterator[dict[str, Any]] = _run_local(spec, todo, out)
         workers = 1

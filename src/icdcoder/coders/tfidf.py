@@ -197,7 +197,9 @@ class TfidfCoder(Coder):
 
         # scipy's sparse products release the GIL: row blocks on threads use every core (each row's
         # product is computed the same way whatever the split, so the scores do not depend on it)
-        threads = min(prediction_threads(), X.shape[0] // _MIN_ROWS_PER_THREAD)
+        threads = X.shape[0] // _MIN_ROWS_PER_THREAD  # a server's one-note requests stop here
+        if threads > 1:
+            threads = min(threads, prediction_threads())
         if threads <= 1:
             return product(slice(None)) + self.b
         from concurrent.futures import ThreadPoolExecutor

@@ -26,13 +26,16 @@ def _data(n=300, f=800, codes=12, seed=0):
     return X, sp.csc_matrix(Y)
 
 
-def _objectives(X, Y, results, C=1.0):
-    """Each code's L2-loss SVM objective over every note (the bias regularised, as LIBLINEAR's -B 1)."""
+def _objectives(X, Y, results, C=1.0, class_weight=None):
+    """Each code's L2-loss SVM objective over every note (the bias regularised, as LIBLINEAR's -B 1;
+    ``balanced``: each class weighted n / (2 n_class), as scikit-learn)."""
     out = []
     for j, (cols, w, b) in enumerate(results):
         y = np.where(Y[:, j].toarray().ravel() > 0, 1.0, -1.0)
+        n, pos = len(y), int((y > 0).sum())
+        cost = C * (np.where(y > 0, n / (2 * pos), n / (2 * (n - pos))) if class_weight == "balanced" else 1.0)
         margin = y * (X[:, cols] @ w.astype(np.float64) + b)
-        out.append(0.5 * (float(w.astype(np.float64) @ w) + b * b) + C * (np.maximum(0, 1 - margin) ** 2).sum())
+        out.append(0.5 * (float(w.astype(np.float64) @ w) + b * b) + (cost * np.maximum(0, 1 - margin) ** 2).sum())
     return np.array(out)
 
 
@@ -90,15 +93,16 @@ def test_rare_codes_train_on_a_working_set_and_get_the_full_solution(monkeypatch
     assert (_objectives(X, Y, small)[rare] <= optimum[rare] * 1.011).all()
 
 
-@pytest.mark.parametrize("gap", [0.05, 0.01])
-def test_rare_codes_are_solved_within_the_gap_of_the_optimum(gap):
+@pytest.mark.parametrize("gap, class_weight", [(0.05, None), (0.01, None), (0.05, "balanced")])
+def test_rare_codes_are_solved_within_the_gap_of_the_optimum(gap, class_weight):
     """A rare code's set grows until the objective over every note is within ``gap`` of the set's own,
     which is below the optimum: so within ``gap`` of the SVM solved tightly on every note (up to the
-    solver's tolerance on the set)."""
+    solver's tolerance on the set); with balanced class weights too (the refit weighs notes alike)."""
     X, Y = _data(n=1500, f=3000, codes=40, seed=0)
     rare = np.flatnonzero(np.diff(Y.indptr) <= 50)
-    optimum = _objectives(X, Y, train_ovr(X, Y, rare=0, eps=1e-6))[rare]
-    excess = _objectives(X, Y, train_ovr(X, Y, gap=gap))[rare] / optimum - 1
+    kw = {"class_weight": class_weight}
+    optimum = _objectives(X, Y, train_ovr(X, Y, rare=0, eps=1e-6, **kw), **kw)[rare]
+    excess = _objectives(X, Y, train_ovr(X, Y, gap=gap, **kw), **kw)[rare] / optimum - 1
     assert len(rare) >= 20 and excess.max() <= gap + 0.01, excess.max()
 
 

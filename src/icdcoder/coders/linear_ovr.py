@@ -281,9 +281,9 @@ def _solve_rare(X: sp.csr_matrix, positives: list[np.ndarray], solve, size: int,
     for a code. Most of it was the intercept, which the notes unlike the positives set: the anchors
     and the refit fix that. With ``gap`` 0.05, measured against LIBLINEAR solving every note at
     ``eps`` 1e-3: 2.0% above on average (at most 3.2%) on CodiEsp, 1.4% (3.1%) on 20k generated notes;
-    LIBLINEAR on every note at its default tolerance: 1.0% (5.2%) and 1.4% (23%). On 10,000 synthetic
-    notes a code seen 1-2 times took 25 ms instead of 108 solving every note, 11-50 times 52 instead of
-    120; codes seen more often gained nothing.
+    LIBLINEAR on every note at its default tolerance: 1.0% (5.2%) and 1.4% (23%). (Under the earlier
+    rule, on 10,000 synthetic notes, a code seen 1-2 times took 25 ms instead of 108 solving every
+    note, 11-50 times 52 instead of 120; codes seen more often gained nothing, hence ``rare``.)
 
     The codes of a block go together: one product gives each code's likeness to every note (from the
     notes' dot products ``gram`` when given), one product per round every unfinished code's margins,
@@ -313,32 +313,31 @@ def _solve_rare(X: sp.csr_matrix, positives: list[np.ndarray], solve, size: int,
     while len(active):
         for c in active:
             W[c] = solve(positives[c], rows[c])
-        margins = X @ np.ascontiguousarray(W[active, :f].T)  # notes x unfinished codes
-        margins += W[active, f] * BIAS
+        weights = W[active, :f]
+        bias = W[active, f].astype(np.float64)
+        margins = X @ np.ascontiguousarray(weights.T)  # notes x unfinished codes
+        margins += bias * BIAS
         # the objective over every note, bounded below by the set's own (the optimum on fewer notes)
-        act = np.asarray(active)
-        y = np.stack([labels[c] for c in act], axis=1)  # notes x unfinished codes
-        cost = np.array([costs(len(positives[c])) for c in act], dtype=np.float64)
+        y = np.stack([labels[c] for c in active], axis=1)
+        cost = np.array([costs(len(positives[c])) for c in active], dtype=np.float64)
         cost = np.where(y > 0, cost[:, 0], cost[:, 1])
         inside = np.zeros(y.shape, dtype=bool)
-        for i, c in enumerate(act):
+        for i, c in enumerate(active):
             inside[rows[c], i] = True
-        norm = np.einsum("ij,ij->i", W[act, :f], W[act, :f], dtype=np.float64)
-        bias = W[act, f].astype(np.float64)
+        norm = np.einsum("ij,ij->i", weights, weights, dtype=np.float64)
         lower = 0.5 * (norm + bias ** 2) + (cost * np.maximum(0.0, 1.0 - y * margins) ** 2 * inside).sum(axis=0)
         scores = margins - bias * BIAS
         bias = refit_bias(scores, y, cost)  # the intercept best over every note, the weights held
-        W[act, f] = bias
+        W[active, f] = bias
         loss = cost * np.maximum(0.0, 1.0 - y * (scores + bias * BIAS)) ** 2
         upper = 0.5 * (norm + bias ** 2) + loss.sum(axis=0)
         loss[inside] = 0.0
-        unfinished = []
-        for i in np.flatnonzero(upper - lower > gap * lower):  # grow: the notes with the largest losses
-            c = act[i]
+        unfinished = np.flatnonzero(upper - lower > gap * lower)
+        for i in unfinished:  # grow: the notes outside the set with the largest losses
+            c = active[i]
             late = np.flatnonzero(loss[:, i] > 0)
             rows[c] = np.union1d(rows[c], late[np.argsort(-loss[late, i], kind="stable")[:len(rows[c])]])
-            unfinished.append(c)
-        active = unfinished
+        active = active[unfinished]
     return W
 
 
